@@ -1,0 +1,10 @@
+"""The shared service kit: what every bizmsg service needs once, and nothing service-specific.
+
+- errors / validation: domain exceptions and how they become google.rpc.Status on the wire
+- auth: principals and signed bearer tokens
+- clock / ids / timeutil: movable time, time-ordered ids, proto time conversion
+- config: settings from environment variables
+- storage / idempotency: SQLAlchemy set-up, migrations, request_id replay
+- server / interceptors / clients: the grpc.aio process, its interceptors and outgoing channels
+- testing: in-process and real-process harnesses for tests
+"""

@@ -1,0 +1,119 @@
+"""request_id replay (AIP-155), once for every service.
+
+The first successful call with a request_id stores its response in the same transaction
+as its effect. A retry with the same id and the same parameters gets that response back
+and has no second effect, also after a restart; the same id with other parameters is
+ALREADY_EXISTS (REQUEST_ID_REUSED). Failed calls store nothing, so they can be retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from google.protobuf.message import Message
+from sqlalchemy import Column, LargeBinary, MetaData, String, Table, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bizmsg.kit.auth import current_principal
+from bizmsg.kit.clock import Clock
+from bizmsg.kit.errors import AlreadyExists
+from bizmsg.kit.storage import Database, UTCDateTime
+
+Resp = TypeVar("Resp", bound=Message)
+
+
+def idempotency_table(metadata: MetaData) -> Table:
+    return Table(
+        "idempotency_keys",
+        metadata,
+        Column("principal", String(160), primary_key=True),
+        Column("method", String(80), primary_key=True),
+        Column("request_id", String(128), primary_key=True),
+        Column("fingerprint", String(64), nullable=False),
+        Column("response", LargeBinary, nullable=False),
+        Column("create_time", UTCDateTime, nullable=False),
+    )
+
+
+def fingerprint(request: Message) -> str:
+    """A hash of the request's parameters, request_id excluded."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.ClearField("request_id")  # type: ignore[arg-type]
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+class Idempotency:
+    def __init__(self, table: Table, clock: Clock) -> None:
+        self.table = table
+        self.clock = clock
+
+    def _key(self, method: str, request: Message) -> dict[str, str]:
+        return {
+            "principal": str(current_principal()),
+            "method": method,
+            "request_id": request.request_id,  # type: ignore[attr-defined]
+        }
+
+    async def lookup(
+        self, session: AsyncSession, method: str, request: Message, response_type: type[Resp]
+    ) -> Resp | None:
+        """The stored response for this request_id, or None if it was never answered."""
+        key = self._key(method, request)
+        t = self.table
+        row = (
+            await session.execute(
+                select(t.c.fingerprint, t.c.response).where(
+                    t.c.principal == key["principal"],
+                    t.c.method == key["method"],
+                    t.c.request_id == key["request_id"],
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.fingerprint != fingerprint(request):
+            raise AlreadyExists()
+        return response_type.FromString(row.response)
+
+    async def save(
+        self, session: AsyncSession, method: str, request: Message, response: Message
+    ) -> None:
+        await session.execute(
+            self.table.insert().values(
+                **self._key(method, request),
+                fingerprint=fingerprint(request),
+                response=response.SerializeToString(deterministic=True),
+                create_time=self.clock.now(),
+            )
+        )
+
+    async def run(
+        self,
+        db: Database,
+        method: str,
+        request: Message,
+        response_type: type[Resp],
+        work: Callable[[AsyncSession], Awaitable[Resp]],
+    ) -> Resp:
+        """Answer from the store, or do `work` and store its response in one transaction."""
+        for _ in range(2):
+            try:
+                async with db.write() as session:
+                    stored = await self.lookup(session, method, request, response_type)
+                    if stored is not None:
+                        return stored
+                    response = await work(session)
+                    await self.save(session, method, request, response)
+                    return response
+            except IntegrityError:
+                # A concurrent call with the same request_id committed first: replay its answer.
+                continue
+        async with db.read() as session:
+            stored = await self.lookup(session, method, request, response_type)
+        if stored is None:
+            raise AlreadyExists("CONFLICT", "a concurrent request with this request_id failed")
+        return stored
