@@ -39,8 +39,8 @@ class _ServiceToken:
 
 
 class OutgoingInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
 ):
     def __init__(self, token: _ServiceToken, default_timeout: float) -> None:
         self._token = token
@@ -125,5 +125,5 @@ class Channels:
 
     async def close(self) -> None:
         for ch in self._channels.values():
-            await ch.close()
+            await ch.close(grace=None)
         self._channels.clear()

@@ -35,7 +35,9 @@ class DomainError(Exception):
         return []
 
     def to_status(self, domain: str) -> status_pb2.Status:
-        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=domain, metadata=self.metadata)
+        info = error_details_pb2.ErrorInfo(
+            reason=self.reason, domain=domain, metadata=self.metadata
+        )
         packed = []
         for detail in [info, *self.details()]:
             any_msg = any_pb2.Any()

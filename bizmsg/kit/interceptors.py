@@ -34,9 +34,7 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
 class _Call:
     """Book-keeping for one incoming call."""
 
-    def __init__(
-        self, service: str, method: str, tokens: TokenAuthority, context: Any
-    ) -> None:
+    def __init__(self, service: str, method: str, tokens: TokenAuthority, context: Any) -> None:
         self.service = service
         self.domain = f"{service}.bizmsg"
         self.method = method
@@ -50,13 +48,17 @@ class _Call:
         calls.enter(self.request_id, context.time_remaining())
         auth = md.get("authorization", "")
         scheme, _, token = auth.partition(" ")
+        self.error: Unauthenticated | None = None
         if not auth:
-            self.error = Unauthenticated("TOKEN_MISSING", "authorization: Bearer <token> is required")
+            self.error = Unauthenticated(
+                "TOKEN_MISSING", "authorization: Bearer <token> is required"
+            )
             return
         if scheme.lower() != "bearer" or not token:
-            self.error = Unauthenticated("TOKEN_MALFORMED", "authorization must be 'Bearer <token>'")
+            self.error = Unauthenticated(
+                "TOKEN_MALFORMED", "authorization must be 'Bearer <token>'"
+            )
             return
-        self.error = None
         try:
             p = tokens.verify(token.strip())
         except Unauthenticated as e:
@@ -109,7 +111,7 @@ class _Call:
         )
 
 
-class ServerInterceptor(grpc.aio.ServerInterceptor):
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, service: str, tokens: TokenAuthority) -> None:
         self.service = service
         self.tokens = tokens

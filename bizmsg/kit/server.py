@@ -107,7 +107,7 @@ class RunningService:
     definition: ServiceDefinition
     server: grpc.aio.Server
     runtime: Runtime
-    health: health.aio.HealthServicer
+    health: Any
     port: int
 
     async def stop(self, grace: float) -> None:

@@ -17,7 +17,12 @@ from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import Connection, MetaData, event, pool
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.types import DateTime, TypeDecorator
 
 from bizmsg.kit.timeutil import utc
@@ -118,4 +123,3 @@ def run_migrations_env(target_metadata: MetaData) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
-

@@ -20,9 +20,12 @@ from .echo_service import DEFINITION, SERVICE
 
 @pytest.fixture
 def echo(tmp_path: Path):  # type: ignore[no-untyped-def]
-    with ServiceThread(DEFINITION, database_url=f"sqlite+aiosqlite:///{tmp_path}/e.db") as svc:
-        with grpc.insecure_channel(svc.target) as ch:
-            yield ch
+    url = f"sqlite+aiosqlite:///{tmp_path}/e.db"
+    with (
+        ServiceThread(DEFINITION, database_url=url) as svc,
+        grpc.insecure_channel(svc.target) as ch,
+    ):
+        yield ch
 
 
 def call(ch: grpc.Channel, method: str, body: bytes = b"", metadata=None):  # type: ignore[no-untyped-def]
@@ -44,13 +47,16 @@ def test_valid_token_names_the_principal(echo: grpc.Channel) -> None:
             "TOKEN_INVALID",
         ),
         (
-            "Bearer " + TokenAuthority(TEST_SECRET.encode()).mint("admin", ttl=timedelta(seconds=-5)),
+            "Bearer "
+            + TokenAuthority(TEST_SECRET.encode()).mint("admin", ttl=timedelta(seconds=-5)),
             "TOKEN_EXPIRED",
         ),
     ],
     ids=["missing", "not-bearer", "malformed", "forged", "expired"],
 )
-def test_bad_tokens_are_unauthenticated(echo: grpc.Channel, header: str | None, reason: str) -> None:
+def test_bad_tokens_are_unauthenticated(
+    echo: grpc.Channel, header: str | None, reason: str
+) -> None:
     md = None if header is None else [("authorization", header)]
     with pytest.raises(grpc.RpcError) as e:
         call(echo, "Echo", b"x", md)
@@ -63,7 +69,9 @@ def test_health_and_reflection_need_no_token(echo: grpc.Channel) -> None:
     resp = health_pb2_grpc.HealthStub(echo).Check(health_pb2.HealthCheckRequest(service=SERVICE))
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
     stub = reflection_pb2_grpc.ServerReflectionStub(echo)
-    replies = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    replies = list(
+        stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    )
     names = {s.name for s in replies[0].list_services_response.service}
     assert {SERVICE, "grpc.health.v1.Health"} <= names
 
@@ -81,7 +89,7 @@ def test_domain_error_becomes_rich_status(echo: grpc.Channel) -> None:
 
 def test_unexpected_error_is_internal_without_internals(echo: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as e:
-        call(echo, "Bug", b"", metadata_for("admin") + [("x-request-id", "req-123")])
+        call(echo, "Bug", b"", [*metadata_for("admin"), ("x-request-id", "req-123")])
     assert e.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (e.value.details() or "")
     assert "req-123" in (e.value.details() or "")
@@ -95,5 +103,7 @@ def test_stream_errors_after_items(echo: grpc.Channel) -> None:
             got.append(item)
     assert got == [b"0", b"1", b"2"]
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    retry = [d for d in errors.status_details(e.value) if isinstance(d, error_details_pb2.RetryInfo)]
+    retry = [
+        d for d in errors.status_details(e.value) if isinstance(d, error_details_pb2.RetryInfo)
+    ]
     assert retry[0].retry_delay.seconds == 2
