@@ -62,5 +62,42 @@ async def build(runtime: Runtime) -> Echo:
 
 DEFINITION = ServiceDefinition(name="consent", service_name=SERVICE, add_servicer=add, build=build)
 
+RELAY_SERVICE = "bizmsg.test.v1.RelayService"
+
+
+class Relay:
+    """Calls the echo service as a dependency: `body` is "<method>:<payload>"."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.channel = runtime.channel("consent")
+
+    async def relay(self, request: bytes, context: Any) -> bytes:
+        method, _, payload = request.decode().partition(":")
+        try:
+            out: bytes = await self.channel.unary_unary(f"/{SERVICE}/{method}")(payload.encode())
+        except grpc.aio.AioRpcError as e:
+            raise errors.Unavailable("DEPENDENCY_FAILED", e.code().name) from e
+        return out
+
+
+def add_relay(servicer: Relay, server: grpc.aio.Server) -> None:
+    handler = grpc.method_handlers_generic_handler(
+        RELAY_SERVICE, {"Relay": grpc.unary_unary_rpc_method_handler(servicer.relay)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+
+
+async def build_relay(runtime: Runtime) -> Relay:
+    return Relay(runtime)
+
+
+RELAY = ServiceDefinition(
+    name="delivery",
+    service_name=RELAY_SERVICE,
+    add_servicer=add_relay,
+    build=build_relay,
+    dependencies=("consent",),
+)
+
 if __name__ == "__main__":
     sys.exit(main(DEFINITION))
