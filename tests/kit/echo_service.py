@@ -26,6 +26,11 @@ class Echo:
         await asyncio.sleep(float(request.decode() or "1"))
         return b"done"
 
+    async def remaining(self, request: bytes, context: Any) -> bytes:
+        """The deadline this call arrived with, in seconds ("none" without one)."""
+        left = context.time_remaining()
+        return b"none" if left is None else f"{left:.3f}".encode()
+
     async def invalid(self, request: bytes, context: Any) -> bytes:
         raise errors.InvalidArgument([("name", "is required")])
 
@@ -47,6 +52,7 @@ def add(servicer: Echo, server: grpc.aio.Server) -> None:
                 {
                     "Echo": unary(servicer.echo),
                     "Slow": unary(servicer.slow),
+                    "Remaining": unary(servicer.remaining),
                     "Invalid": unary(servicer.invalid),
                     "Bug": unary(servicer.bug),
                     "Stream": grpc.unary_stream_rpc_method_handler(servicer.stream),
