@@ -13,7 +13,7 @@ from pathlib import Path
 from bizmsg.kit.auth import Principal, TokenAuthority
 from bizmsg.kit.certs import make_dev_certs
 from bizmsg.kit.config import PORTS, Settings
-from bizmsg.kit.processes import SERVICE_NAMES, ServiceProcess
+from bizmsg.kit.processes import SERVICE_NAMES, ServiceProcess, wait_serving
 
 DEV_PRINCIPALS = ("user:alice", "business:acme", "advertiser:adco", "admin")
 # The example call printed by `bizmsg run` (and exercised by the README test).
@@ -114,6 +114,16 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return 0 if all(c == 0 for c in codes) else 1
 
 
+def cmd_health(ns: argparse.Namespace) -> int:
+    """Exit 0 when the service at the target reports SERVING (used by compose health checks)."""
+    try:
+        wait_serving(ns.target, ns.service, timeout=ns.timeout)
+    except TimeoutError as e:
+        print(f"bizmsg health: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bizmsg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     certs = sub.add_parser("certs", help="make a development CA and mTLS certificates")
     certs.add_argument("dir")
     certs.set_defaults(func=cmd_certs)
+    hc = sub.add_parser("health", help="exit 0 if the service at TARGET is SERVING")
+    hc.add_argument("target", help="host:port")
+    hc.add_argument("--service", default="", help="a service name; default: the whole server")
+    hc.add_argument("--timeout", type=float, default=3.0)
+    hc.set_defaults(func=cmd_health)
     ns = parser.parse_args(argv)
     result: int = ns.func(ns)
     return result
