@@ -146,7 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     hc.add_argument("--service", default="", help="a service name; default: the whole server")
     hc.add_argument("--timeout", type=float, default=3.0)
     hc.set_defaults(func=cmd_health)
-    ns = parser.parse_args(argv)
+    bench = sub.add_parser(
+        "bench", help="the end-to-end benchmark (bizmsg bench --help)", add_help=False
+    )
+    bench.set_defaults(func=None)
+    ns, rest = parser.parse_known_args(argv)
+    if ns.command == "bench":
+        from bizmsg.bench import main as bench_main
+
+        return bench_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     result: int = ns.func(ns)
     return result
 
