@@ -1,0 +1,44 @@
+"""The ads service definition and build(): settings, dependency clients, jobs, servicer."""
+
+from __future__ import annotations
+
+import random
+
+from ads_svc.clicks import Clicks
+from ads_svc.models import IDEMPOTENCY
+from ads_svc.partners import Billing, Consent
+from ads_svc.rpc import AdsServicer
+from ads_svc.serving import Server
+from ads_svc.settings import AdsSettings
+from ads_svc.settlement import Settlement
+from bizmsg.ads.v1 import ads_pb2_grpc
+from bizmsg.kit.idempotency import Idempotency
+from bizmsg.kit.server import Runtime, ServiceDefinition
+
+
+async def build(runtime: Runtime) -> AdsServicer:
+    settings = AdsSettings.load(runtime.settings)
+    idem = Idempotency(IDEMPOTENCY, runtime.clock)
+    consent = Consent(runtime.channel("consent"))
+    billing = Billing(runtime.channel("billing"))
+    # Pacing's coin only; nothing secret depends on it.
+    rng = random.Random()
+    server = Server(runtime.db, runtime.clock, idem, consent, billing, settings, rng)
+    clicks = Clicks(runtime.db, runtime.clock, idem, billing)
+    settlement = Settlement(runtime.db, runtime.clock, billing, settings.settle_after_seconds)
+
+    async def settle() -> None:
+        await settlement.run_once()
+
+    runtime.every(settings.settle_interval_seconds, settle, "ads-settlement")
+    return AdsServicer(runtime.db, runtime.clock, idem, settings, server, clicks, billing)
+
+
+DEFINITION = ServiceDefinition(
+    name="ads",
+    service_name="bizmsg.ads.v1.AdsService",
+    add_servicer=ads_pb2_grpc.add_AdsServiceServicer_to_server,
+    build=build,
+    migrations="ads_svc:migrations",
+    dependencies=("consent", "billing"),
+)

@@ -1,0 +1,231 @@
+"""ServeAd benchmark: p50/p99 latency and throughput with 10 and with 10,000 active campaigns.
+
+    python -m ads_svc.bench [--seconds 10] [--concurrency 16] [--sizes 10,10000]
+
+Consent, billing and ads run in-process (each on its own event loop and thread) on SQLite
+files in a temporary directory, or on PostgreSQL with --postgres URL (a server URL whose
+databases this creates). Campaigns are seeded in bulk with SQL. Each ServeAd is the full
+path: consent GetAdPreferences, the candidate query, the auction, the budget reservation
+and billing ChargeAdEvent. Requests ask for country DE, language de; the 10,000 campaigns
+are spread over 50 countries, so a request matches about 200 of them through the
+campaign_targets index (never the whole table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from sqlalchemy import insert
+
+from ads_svc.app import DEFINITION as ADS
+from ads_svc.models import CampaignRow, CampaignTargetRow
+from bizmsg.ads.v1 import ads_pb2, ads_pb2_grpc
+from bizmsg.billing.v1 import billing_pb2, billing_pb2_grpc
+from bizmsg.common.v1 import common_pb2
+from bizmsg.kit.storage import Database
+from bizmsg.kit.testing import ServiceThread, metadata_for
+
+COUNTRIES = [
+    "DE", "FR", "ES", "IT", "NL", "BE", "AT", "CH", "PL", "PT", "SE", "NO", "DK", "FI", "IE",
+    "GB", "US", "CA", "MX", "BR", "AR", "CL", "CO", "PE", "IN", "ID", "PH", "VN", "TH", "MY",
+    "SG", "JP", "KR", "AU", "NZ", "ZA", "NG", "KE", "EG", "MA", "TR", "SA", "AE", "IL", "GR",
+    "CZ", "HU", "RO", "BG", "UA",
+]  # fmt: skip
+LANGUAGES = ["de", "en"]
+
+
+def _definitions() -> tuple[Any, Any]:
+    from billing_svc.app import DEFINITION as billing
+    from consent_svc import app as consent_app
+
+    consent = getattr(consent_app, "DEFINITION", None) or consent_app.definition
+    return consent, billing
+
+
+def _eur(micros: int) -> common_pb2.Money:
+    return common_pb2.Money(amount_micros=micros, currency_code="EUR")
+
+
+def make_wallet(billing_target: str) -> str:
+    with grpc.insecure_channel(billing_target) as ch:
+        stub = billing_pb2_grpc.BillingServiceStub(ch)
+        md = metadata_for("admin")
+        account = stub.CreateAccount(
+            billing_pb2.CreateAccountRequest(
+                request_id=uuid.uuid4().hex,
+                owner="advertiser:bench",
+                kind=billing_pb2.ACCOUNT_KIND_ADVERTISER_WALLET,
+                currency_code="EUR",
+            ),
+            metadata=md,
+        ).account
+        stub.TopUp(
+            billing_pb2.TopUpRequest(
+                request_id=uuid.uuid4().hex,
+                account_id=account.account_id,
+                amount=_eur(10**15),
+                external_reference="bench",
+            ),
+            metadata=md,
+        )
+        return str(account.account_id)
+
+
+async def seed(url: str, count: int, account_id: str) -> None:
+    """Insert `count` active campaigns with big budgets, in bulk."""
+    db = Database(url)
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    targets: list[dict[str, Any]] = []
+    for i in range(count):
+        cid = str(uuid.uuid4())
+        country = "DE" if count <= 10 else COUNTRIES[i % len(COUNTRIES)]
+        cpc = i % 3 == 0
+        rows.append(
+            {
+                "id": cid,
+                "advertiser_id": "bench",
+                "account_id": account_id,
+                "business_id": f"biz{i}",
+                "display_name": f"campaign {i}",
+                "headline": "Talk to us",
+                "body": "Message us for an offer.",
+                "media_uri": "",
+                "call_to_action": ads_pb2.CALL_TO_ACTION_SEND_MESSAGE,
+                "countries": json.dumps([country]),
+                "languages": json.dumps(LANGUAGES),
+                "interests": "[]",
+                "bid_type": ads_pb2.BID_TYPE_CPC if cpc else ads_pb2.BID_TYPE_CPM,
+                "bid_micros": (50_000 + 1000 * (i % 97)) if cpc else 1_000_000 + 1000 * (i % 89),
+                "currency_code": "EUR",
+                "daily_budget_micros": 10**13,
+                "lifetime_budget_micros": 10**14,
+                "start_time": now - timedelta(days=1),
+                "end_time": None,
+                "cap_max_impressions": 0,
+                "cap_period_days": 0,
+                "status": ads_pb2.CAMPAIGN_STATUS_ACTIVE,
+                "spend_micros": 0,
+                "spend_day": "",
+                "spend_day_micros": 0,
+                "impressions": 0,
+                "clicks": 0,
+                "unfunded_until": None,
+                "create_time": now,
+                "update_time": now,
+            }
+        )
+        targets += [
+            {"country": country, "language": lang, "campaign_id": cid} for lang in LANGUAGES
+        ]
+    async with db.write() as session:
+        for start in range(0, count, 1000):
+            await session.execute(insert(CampaignRow), rows[start : start + 1000])
+        for start in range(0, len(targets), 2000):
+            await session.execute(insert(CampaignTargetRow), targets[start : start + 2000])
+    await db.dispose()
+
+
+async def load(target: str, seconds: float, concurrency: int) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    fills = 0
+    stop = time.perf_counter() + seconds
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = ads_pb2_grpc.AdsServiceStub(ch)
+
+        async def worker(w: int) -> None:
+            nonlocal fills
+            n = 0
+            person = f"p{w}"
+            md = metadata_for(f"user:{person}")
+            while time.perf_counter() < stop:
+                n += 1
+                req = ads_pb2.ServeAdRequest(
+                    request_id=f"{w}-{n}-{uuid.uuid4().hex[:8]}",
+                    person_id=person,
+                    placement=ads_pb2.PLACEMENT_STATUS,
+                    context=ads_pb2.AdContext(country="DE", language="de"),
+                )
+                t0 = time.perf_counter()
+                resp = await stub.ServeAd(req, metadata=md, timeout=30)
+                latencies.append(time.perf_counter() - t0)
+                fills += resp.HasField("ad")
+
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    return latencies, fills
+
+
+def run_one(size: int, seconds: float, concurrency: int, postgres: str | None) -> dict[str, Any]:
+    consent_def, billing_def = _definitions()
+    with tempfile.TemporaryDirectory() as tmp:
+        urls = {}
+        for name in ("consent", "billing", "ads"):
+            if postgres:
+                dbname = f"bizmsg_bench_{name}_{uuid.uuid4().hex[:8]}"
+                asyncio.run(_pg_admin(postgres, f'CREATE DATABASE "{dbname}"'))
+                urls[name] = (
+                    postgres.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+                    + f"/{dbname}"
+                )
+            else:
+                urls[name] = f"sqlite+aiosqlite:///{Path(tmp) / (name + '.db')}"
+        with (
+            ServiceThread(consent_def, database_url=urls["consent"]) as consent,
+            ServiceThread(billing_def, database_url=urls["billing"]) as billing,
+        ):
+            deps = {"consent": consent.target, "billing": billing.target}
+            with ServiceThread(ADS, database_url=urls["ads"], dependency_targets=deps) as ads:
+                account = make_wallet(billing.target)
+                t0 = time.perf_counter()
+                asyncio.run(seed(urls["ads"], size, account))
+                seeded = time.perf_counter() - t0
+                asyncio.run(load(ads.target, 1.0, concurrency))  # warm-up
+                t0 = time.perf_counter()
+                lat, fills = asyncio.run(load(ads.target, seconds, concurrency))
+                elapsed = time.perf_counter() - t0
+    q = statistics.quantiles(lat, n=100)
+    return {
+        "campaigns": size,
+        "backend": "postgresql" if postgres else "sqlite",
+        "seed_seconds": round(seeded, 2),
+        "requests": len(lat),
+        "filled": fills,
+        "throughput_rps": round(len(lat) / elapsed, 1),
+        "p50_ms": round(q[49] * 1000, 2),
+        "p99_ms": round(q[98] * 1000, 2),
+    }
+
+
+async def _pg_admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--sizes", default="10,10000")
+    parser.add_argument("--postgres", default=None, help="e.g. postgresql://postgres@127.0.0.1/x")
+    ns = parser.parse_args()
+    for size in (int(s) for s in ns.sizes.split(",")):
+        print(json.dumps(run_one(size, ns.seconds, ns.concurrency, ns.postgres)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Which matching campaigns may bid for one ad slot, and why none could.
+
+Pure: the caller gathers the candidates (already matched on status, schedule, country
+and language by the store), the person's recent impressions and the preference.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from ads_svc import pacing
+from ads_svc.auction import BidKind, max_event_micros
+
+
+class NoFill(enum.Enum):
+    """Mirrors ads.v1.NoFillReason, in the order the filters run."""
+
+    NO_MATCHING_CAMPAIGN = "NO_MATCHING_CAMPAIGN"
+    FREQUENCY_CAPPED = "FREQUENCY_CAPPED"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
+    PACED = "PACED"
+    ADVERTISER_CANNOT_PAY = "ADVERTISER_CANNOT_PAY"
+    BELOW_RESERVE = "BELOW_RESERVE"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    campaign_id: str
+    kind: BidKind
+    bid_micros: int
+    interests: frozenset[str]
+    cap_max_impressions: int
+    cap_period_days: int
+    daily_budget_micros: int
+    lifetime_budget_micros: int
+    spend_micros: int
+    spend_day: str
+    spend_day_micros: int
+    start_time: datetime
+    end_time: datetime | None
+    unfunded_until: datetime | None
+    impressions: int
+    clicks: int
+
+
+@dataclass(frozen=True)
+class Audience:
+    """What may be known about the person for this slot.
+
+    interests is empty unless the person turned personalisation on: build it with
+    `audience()` so that rule lives in one place.
+    """
+
+    personalised: bool
+    interests: frozenset[str]
+
+
+def audience(personalised: bool, chosen: Collection[str], on_device: Collection[str]) -> Audience:
+    if not personalised:
+        return Audience(False, frozenset())
+    return Audience(True, frozenset(chosen) | frozenset(on_device))
+
+
+def matches_interests(c: Candidate, who: Audience) -> bool:
+    """A campaign without interests matches anyone; one with interests only a personalised
+    person who shares at least one of them."""
+    if not c.interests:
+        return True
+    return who.personalised and not c.interests.isdisjoint(who.interests)
+
+
+def capped(c: Candidate, recent: Sequence[datetime], now: datetime) -> bool:
+    """The person already saw max_impressions of the campaign within period_days."""
+    if c.cap_max_impressions <= 0:
+        return False
+    since = now - timedelta(days=c.cap_period_days)
+    return sum(1 for t in recent if t > since) >= c.cap_max_impressions
+
+
+def has_budget(c: Candidate, today: str) -> bool:
+    """Room for one more event in the lifetime budget, and today's budget not yet used up."""
+    event = max_event_micros(c.kind, c.bid_micros)
+    if c.spend_micros + event > c.lifetime_budget_micros:
+        return False
+    return c.spend_day != today or c.spend_day_micros < c.daily_budget_micros
+
+
+def spent_today(c: Candidate, today: str) -> int:
+    return c.spend_day_micros if c.spend_day == today else 0
+
+
+def eligible(
+    candidates: Sequence[Candidate],
+    who: Audience,
+    recent: Mapping[str, Sequence[datetime]],
+    now: datetime,
+    draw: Callable[[], float],
+) -> tuple[list[Candidate], NoFill]:
+    """The candidates that pass every filter, and the reason to give if there are none.
+
+    `draw` returns a uniform number in [0, 1) for pacing's coin.
+    """
+    today = pacing.day_key(now)
+    stages: list[tuple[NoFill, Callable[[Candidate], bool]]] = [
+        (NoFill.NO_MATCHING_CAMPAIGN, lambda c: matches_interests(c, who)),
+        (NoFill.FREQUENCY_CAPPED, lambda c: not capped(c, recent.get(c.campaign_id, ()), now)),
+        (NoFill.BUDGET_EXHAUSTED, lambda c: has_budget(c, today)),
+        (
+            NoFill.PACED,
+            lambda c: (
+                draw()
+                < pacing.serve_probability(
+                    c.daily_budget_micros, spent_today(c, today), now, c.start_time, c.end_time
+                )
+            ),
+        ),
+        (
+            NoFill.ADVERTISER_CANNOT_PAY,
+            lambda c: c.unfunded_until is None or c.unfunded_until <= now,
+        ),
+    ]
+    remaining = list(candidates)
+    reason = NoFill.NO_MATCHING_CAMPAIGN
+    for stage_reason, keep in stages:
+        if not remaining:
+            break
+        remaining = [c for c in remaining if keep(c)]
+        reason = stage_reason
+    return remaining, reason if not remaining else NoFill.BELOW_RESERVE

@@ -1,0 +1,58 @@
+"""Fixtures of the ads tests: consent, billing and ads in-process on the test's backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+
+import pytest
+
+from ads_svc.app import DEFINITION as ADS
+from billing_svc.app import DEFINITION as BILLING
+from bizmsg.kit.clock import ManualClock
+from bizmsg.kit.testing import ServiceThread
+from consent_svc import app as consent_app
+from tests.ads.support import Stack
+
+# consent_svc names its definition `definition` (the other services: DEFINITION).
+CONSENT = getattr(consent_app, "DEFINITION", None) or consent_app.definition
+
+ADS_ENV = {"BIZMSG_ADS_SETTLE_INTERVAL_SECONDS": "0.2", "BIZMSG_ADS_CURRENCY": "EUR"}
+
+
+def start_stack(
+    database_url_factory: Callable[[str], str], clock: ManualClock, replicas: int = 1
+) -> Iterator[Stack]:
+    with ExitStack() as stack:
+        consent = stack.enter_context(
+            ServiceThread(CONSENT, database_url=database_url_factory("consent"), clock=clock)
+        )
+        billing = stack.enter_context(
+            ServiceThread(BILLING, database_url=database_url_factory("billing"), clock=clock)
+        )
+        ads_url = database_url_factory("ads")
+        deps = {"consent": consent.target, "billing": billing.target}
+        ads = [
+            stack.enter_context(
+                ServiceThread(
+                    ADS, database_url=ads_url, clock=clock, env=ADS_ENV, dependency_targets=deps
+                )
+            )
+            for _ in range(replicas)
+        ]
+        s = Stack(clock, consent, billing, ads)
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+@pytest.fixture
+def stack(database_url_factory: Callable[[str], str], clock: ManualClock) -> Iterator[Stack]:
+    yield from start_stack(database_url_factory, clock)
+
+
+@pytest.fixture
+def replicated(database_url_factory: Callable[[str], str], clock: ManualClock) -> Iterator[Stack]:
+    """Two ads replicas on one database."""
+    yield from start_stack(database_url_factory, clock, replicas=2)

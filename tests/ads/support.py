@@ -1,0 +1,221 @@
+"""The ads test harness: consent, billing and ads in-process, sharing one movable clock."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from bizmsg.ads.v1 import ads_pb2 as pb
+from bizmsg.ads.v1 import ads_pb2_grpc
+from bizmsg.billing.v1 import billing_pb2, billing_pb2_grpc
+from bizmsg.common.v1 import common_pb2
+from bizmsg.consent.v1 import consent_pb2, consent_pb2_grpc
+from bizmsg.kit.clock import ManualClock
+from bizmsg.kit.testing import ServiceThread, metadata_for
+
+ADMIN = "admin"
+
+
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+def eur(micros: int) -> common_pb2.Money:
+    return common_pb2.Money(amount_micros=micros, currency_code="EUR")
+
+
+def details(e: grpc.RpcError) -> dict[str, Any]:
+    """The google.rpc.Status details of a failed call, by type name."""
+    status = rpc_status.from_call(e)  # type: ignore[arg-type]
+    assert status is not None, "the error carried no google.rpc.Status"
+    out: dict[str, Any] = {}
+    for any_msg in status.details:
+        for t in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.PreconditionFailure,
+            error_details_pb2.ResourceInfo,
+        ):
+            if any_msg.Is(t.DESCRIPTOR):
+                msg = t()
+                any_msg.Unpack(msg)
+                out[t.DESCRIPTOR.name] = msg
+    return out
+
+
+@contextmanager
+def fails(code: grpc.StatusCode, reason: str | None = None) -> Iterator[dict[str, Any]]:
+    """Expect the block's call to fail with `code` (and ErrorInfo `reason`); yields details."""
+    got: dict[str, Any] = {}
+    try:
+        yield got
+    except grpc.RpcError as e:
+        assert e.code() == code, f"expected {code}, got {e.code()}: {e.details()}"
+        got.update(details(e))
+        info = got["ErrorInfo"]
+        assert info.domain == "ads.bizmsg"
+        if reason is not None:
+            assert info.reason == reason, info
+    else:
+        raise AssertionError(f"expected {code}, the call succeeded")
+
+
+def bad_fields(got: dict[str, Any]) -> set[str]:
+    return {v.field for v in got["BadRequest"].field_violations}
+
+
+@dataclass
+class Stack:
+    """Running consent + billing + ads (one or more ads replicas on one database)."""
+
+    clock: ManualClock
+    consent: ServiceThread
+    billing: ServiceThread
+    ads: list[ServiceThread]
+    _channels: list[grpc.Channel] = field(default_factory=list)
+
+    def _stub(self, target: str, cls: Any) -> Any:
+        ch = grpc.insecure_channel(target)
+        self._channels.append(ch)
+        return cls(ch)
+
+    def __post_init__(self) -> None:
+        self.ads_stubs = [self._stub(a.target, ads_pb2_grpc.AdsServiceStub) for a in self.ads]
+        self.billing_stub = self._stub(self.billing.target, billing_pb2_grpc.BillingServiceStub)
+        self.consent_stub = self._stub(self.consent.target, consent_pb2_grpc.ConsentServiceStub)
+
+    def close(self) -> None:
+        for ch in self._channels:
+            ch.close()
+
+    def call(self, principal: str, method: str, request: Any, replica: int = 0) -> Any:
+        stub = self.ads_stubs[replica % len(self.ads_stubs)]
+        return getattr(stub, method)(request, metadata=metadata_for(principal), timeout=30)
+
+    # billing
+
+    def wallet(self, advertiser: str, funds: int) -> str:
+        md = metadata_for(ADMIN)
+        account = self.billing_stub.CreateAccount(
+            billing_pb2.CreateAccountRequest(
+                request_id=rid(),
+                owner=f"advertiser:{advertiser}",
+                kind=billing_pb2.ACCOUNT_KIND_ADVERTISER_WALLET,
+                currency_code="EUR",
+            ),
+            metadata=md,
+        ).account
+        if funds:
+            self.billing_stub.TopUp(
+                billing_pb2.TopUpRequest(
+                    request_id=rid(),
+                    account_id=account.account_id,
+                    amount=eur(funds),
+                    external_reference="test top-up",
+                ),
+                metadata=md,
+            )
+        return str(account.account_id)
+
+    def debited(self, account_id: str) -> int:
+        acc = self.billing_stub.GetAccount(
+            billing_pb2.GetAccountRequest(account_id=account_id), metadata=metadata_for(ADMIN)
+        ).account
+        return int(acc.debits_posted.amount_micros)
+
+    # consent
+
+    def personalise(self, person: str, on: bool, interests: Sequence[str] = ()) -> None:
+        self.consent_stub.SetAdPreferences(
+            consent_pb2.SetAdPreferencesRequest(
+                request_id=rid(),
+                preferences=consent_pb2.AdPreferences(
+                    person_id=person, personalization_enabled=on, interests=list(interests)
+                ),
+            ),
+            metadata=metadata_for(f"user:{person}"),
+        )
+
+    # ads
+
+    def campaign_msg(self, advertiser: str, account: str, **kw: Any) -> pb.Campaign:
+        fields: dict[str, Any] = {
+            "advertiser_id": advertiser,
+            "account_id": account,
+            "business_id": "acme",
+            "display_name": "spring sale",
+            "creative": pb.Creative(
+                headline="Bikes on sale",
+                body="Message us for 20% off.",
+                media_uri="https://cdn.example/bike.jpg",
+                call_to_action=pb.CALL_TO_ACTION_SEND_MESSAGE,
+            ),
+            "targeting": pb.Targeting(countries=["DE"], languages=["de"]),
+            "bid_type": pb.BID_TYPE_CPM,
+            "bid": eur(2_000_000),
+            "daily_budget": eur(1_000_000),
+            "lifetime_budget": eur(10_000_000),
+            "frequency_cap": pb.FrequencyCap(),
+        }
+        fields.update(kw)
+        return pb.Campaign(**fields)
+
+    def create(
+        self, advertiser: str, account: str, start: datetime | None = None, **kw: Any
+    ) -> pb.Campaign:
+        msg = self.campaign_msg(advertiser, account, **kw)
+        if start is not None:
+            msg.start_time.FromDatetime(start)
+        resp = self.call(
+            f"advertiser:{advertiser}",
+            "CreateCampaign",
+            pb.CreateCampaignRequest(request_id=rid(), campaign=msg),
+        )
+        return resp.campaign
+
+    def get(self, campaign_id: str, principal: str = ADMIN) -> pb.Campaign:
+        return self.call(
+            principal, "GetCampaign", pb.GetCampaignRequest(campaign_id=campaign_id)
+        ).campaign
+
+    def serve(
+        self,
+        person: str,
+        *,
+        country: str = "DE",
+        language: str = "de",
+        interests: Sequence[str] = (),
+        replica: int = 0,
+        request_id: str | None = None,
+    ) -> pb.ServeAdResponse:
+        return self.call(
+            f"user:{person}",
+            "ServeAd",
+            pb.ServeAdRequest(
+                request_id=request_id or rid(),
+                person_id=person,
+                placement=pb.PLACEMENT_STATUS,
+                context=pb.AdContext(country=country, language=language, interests=list(interests)),
+            ),
+            replica,
+        )
+
+    def click(self, person: str, impression_id: str) -> pb.RecordClickResponse:
+        return self.call(
+            f"user:{person}",
+            "RecordClick",
+            pb.RecordClickRequest(request_id=rid(), impression_id=impression_id),
+        )
+
+    def stats(self, campaign_id: str) -> pb.GetCampaignStatsResponse:
+        return self.call(
+            ADMIN, "GetCampaignStats", pb.GetCampaignStatsRequest(campaign_id=campaign_id)
+        )
