@@ -46,9 +46,8 @@ LANGUAGES = ["de", "en"]
 
 def _definitions() -> tuple[Any, Any]:
     from billing_svc.app import DEFINITION as billing
-    from consent_svc import app as consent_app
+    from consent_svc.app import DEFINITION as consent
 
-    consent = getattr(consent_app, "DEFINITION", None) or consent_app.definition
     return consent, billing
 
 

@@ -11,11 +11,8 @@ from ads_svc.app import DEFINITION as ADS
 from billing_svc.app import DEFINITION as BILLING
 from bizmsg.kit.clock import ManualClock
 from bizmsg.kit.testing import ServiceThread
-from consent_svc import app as consent_app
+from consent_svc.app import DEFINITION as CONSENT
 from tests.ads.support import Stack
-
-# consent_svc names its definition `definition` (the other services: DEFINITION).
-CONSENT = getattr(consent_app, "DEFINITION", None) or consent_app.definition
 
 ADS_ENV = {"BIZMSG_ADS_SETTLE_INTERVAL_SECONDS": "0.2", "BIZMSG_ADS_CURRENCY": "EUR"}
 
