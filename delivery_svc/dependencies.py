@@ -1,0 +1,162 @@
+"""Calls to consent and billing, with their failures turned into our own errors.
+
+A dependency that cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED, an internal failure)
+becomes our UNAVAILABLE with reason CONSENT_UNAVAILABLE / BILLING_UNAVAILABLE; billing's
+RESOURCE_EXHAUSTED is the business's wallet (INSUFFICIENT_FUNDS); other refusals keep the
+dependency's reason in the ErrorInfo metadata.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import grpc
+from google.rpc import error_details_pb2
+
+from bizmsg.billing.v1 import billing_pb2, billing_pb2_grpc
+from bizmsg.common.v1 import common_pb2
+from bizmsg.consent.v1 import consent_pb2, consent_pb2_grpc
+from bizmsg.kit.errors import (
+    DomainError,
+    FailedPrecondition,
+    ResourceExhausted,
+    Unavailable,
+    error_info,
+    status_details,
+)
+from bizmsg.kit.server import Runtime
+from bizmsg.kit.timeutil import to_duration
+
+_UNREACHABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.ABORTED,
+}
+# When billing gives no RetryInfo for an empty wallet: try again after a top-up.
+FUNDS_RETRY_SECONDS = 60.0
+
+
+def is_retryable(e: grpc.aio.AioRpcError) -> bool:
+    """Whether an outbox call may land later (versus a final answer)."""
+    return e.code() in _UNREACHABLE or e.code() in {
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+
+
+def _retry_after(e: grpc.aio.AioRpcError) -> float | None:
+    for detail in status_details(e):
+        if isinstance(detail, error_details_pb2.RetryInfo):
+            return float(detail.retry_delay.ToTimedelta().total_seconds())
+    return None
+
+
+def dependency_error(service: str, e: grpc.aio.AioRpcError) -> DomainError:
+    name = service.upper()
+    if e.code() in _UNREACHABLE:
+        return Unavailable(
+            f"{name}_UNAVAILABLE", f"the {service} service cannot be reached", retry_after=1.0
+        )
+    info = error_info(e)
+    their_reason = info[0] if info else e.code().name
+    metadata = {f"{service}_reason": their_reason}
+    if service == "billing" and e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(
+            "INSUFFICIENT_FUNDS",
+            "the business's wallet cannot cover this message",
+            quota_violations=[("wallet", e.details() or "insufficient funds")],
+            retry_after=_retry_after(e) or FUNDS_RETRY_SECONDS,
+            metadata=metadata,
+        )
+    return FailedPrecondition(
+        f"{name}_REFUSED", f"the {service} service refused: {e.details()}", metadata=metadata
+    )
+
+
+class Dependencies:
+    """Stubs made once on the runtime's channels; every method maps failures as above."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.consent = consent_pb2_grpc.ConsentServiceStub(runtime.channel("consent"))
+        self.billing = billing_pb2_grpc.BillingServiceStub(runtime.channel("billing"))
+
+    async def check_consent(
+        self, business_id: str, person_id: str, category: int
+    ) -> consent_pb2.CheckConsentResponse:
+        req = consent_pb2.CheckConsentRequest(
+            business_id=business_id,
+            person_id=person_id,
+            category=category,  # type: ignore[arg-type]
+        )
+        try:
+            response: consent_pb2.CheckConsentResponse = await self.consent.CheckConsent(req)
+            return response
+        except grpc.aio.AioRpcError as e:
+            raise dependency_error("consent", e) from e
+
+    async def record_user_message(
+        self, message_id: str, person_id: str, business_id: str, referral: common_pb2.Referral
+    ) -> None:
+        req = consent_pb2.RecordUserMessageRequest(
+            request_id=message_id, person_id=person_id, business_id=business_id
+        )
+        if referral.click_id or referral.campaign_id:
+            req.referral.CopyFrom(referral)
+        try:
+            await self.consent.RecordUserMessage(req)
+        except grpc.aio.AioRpcError as e:
+            raise dependency_error("consent", e) from e
+
+    async def authorize(
+        self,
+        message_id: str,
+        business_id: str,
+        country: str,
+        category: int,
+        window: int,
+        hold: timedelta,
+    ) -> billing_pb2.AuthorizeChargeResponse:
+        req = billing_pb2.AuthorizeChargeRequest(
+            request_id=message_id,
+            business_id=business_id,
+            recipient_country=country,
+            category=category,  # type: ignore[arg-type]
+            window=window,  # type: ignore[arg-type]
+            timeout=to_duration(hold),
+        )
+        try:
+            response: billing_pb2.AuthorizeChargeResponse = await self.billing.AuthorizeCharge(req)
+            return response
+        except grpc.aio.AioRpcError as e:
+            raise dependency_error("billing", e) from e
+
+    # The three below are the outbox's calls: they raise grpc errors for the relay to judge.
+
+    async def capture(self, request_id: str, authorization_id: str) -> None:
+        await self.billing.CaptureCharge(
+            billing_pb2.CaptureChargeRequest(
+                request_id=request_id, authorization_id=authorization_id
+            )
+        )
+
+    async def void(self, request_id: str, authorization_id: str, reason: int) -> None:
+        await self.billing.VoidCharge(
+            billing_pb2.VoidChargeRequest(
+                request_id=request_id,
+                authorization_id=authorization_id,
+                reason=reason,  # type: ignore[arg-type]
+            )
+        )
+
+    async def record_business_reply(
+        self, request_id: str, business_id: str, person_id: str
+    ) -> None:
+        await self.consent.RecordBusinessReply(
+            consent_pb2.RecordBusinessReplyRequest(
+                request_id=request_id, business_id=business_id, person_id=person_id
+            )
+        )

@@ -1,0 +1,285 @@
+"""SendMessage: consent and billing first, then the envelope and its outbox row in one commit.
+
+Order for a business: limits (read-only) -> CheckConsent -> AuthorizeCharge -> one write
+transaction (limits again, message, envelopes, ACCEPTED event, outbox, idempotency record).
+Whatever fails after the authorization voids it, so a refusal leaves no pending charge.
+A person's message is never charged; consent records it first (opening the window).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import grpc
+from sqlalchemy.exc import IntegrityError
+
+from bizmsg.billing.v1 import billing_pb2
+from bizmsg.common.v1 import common_pb2
+from bizmsg.delivery.v1 import delivery_pb2
+from bizmsg.kit.auth import Principal
+from bizmsg.kit.clock import Clock
+from bizmsg.kit.errors import FailedPrecondition, NotFound
+from bizmsg.kit.idempotency import Idempotency
+from bizmsg.kit.ids import new_id
+from bizmsg.kit.storage import Database
+from bizmsg.kit.timeutil import to_timestamp
+from delivery_svc import limits, store
+from delivery_svc.dependencies import Dependencies
+from delivery_svc.models import Envelope, Message
+from delivery_svc.notify import Notifier, mailbox_key, status_key
+from delivery_svc.policy import AUTHORIZATION_MARGIN, Status, category_name, consent_reason
+
+log = logging.getLogger("delivery.send")
+METHOD = "SendMessage"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A validated SendMessage request."""
+
+    sender: Principal
+    sender_device_id: str
+    recipient: Principal
+    category: int
+    envelopes: list[tuple[str, bytes]]
+    ttl: timedelta
+    referral: common_pb2.Referral
+
+    @property
+    def business_sends(self) -> bool:
+        return self.sender.kind == "business"
+
+
+@dataclass
+class _Charge:
+    authorization_id: str = ""
+    price: common_pb2.Money | None = None
+    free: bool = True
+    window_kind: int = common_pb2.WINDOW_KIND_UNSPECIFIED
+    free_entry_pending: bool = False
+
+
+class Sending:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        idem: Idempotency,
+        deps: Dependencies,
+        notifier: Notifier,
+        limit_settings: limits.LimitSettings,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.idem = idem
+        self.deps = deps
+        self.notifier = notifier
+        self.limit_settings = limit_settings
+
+    async def send(
+        self, request: delivery_pb2.SendMessageRequest, out: Outgoing
+    ) -> delivery_pb2.SendMessageResponse:
+        async with self.db.read() as s:
+            stored = await self.idem.lookup(s, METHOD, request, delivery_pb2.SendMessageResponse)
+            if stored is not None:
+                return stored
+            await self._check_devices(s, out)
+            country = await store.recipient_country(s, str(out.recipient))
+        message_id = new_id()
+        charge = (
+            await self._consent_and_charge(message_id, out, country)
+            if out.business_sends
+            else await self._record_user_message(message_id, out)
+        )
+        try:
+            response, duplicate = await self._store(request, out, message_id, charge)
+        except BaseException:
+            await self._void_quietly(message_id, charge)
+            raise
+        if duplicate:
+            await self._void_quietly(message_id, charge)
+        else:
+            for device_id, _ in out.envelopes:
+                self.notifier.notify(mailbox_key(str(out.recipient), device_id))
+            self.notifier.notify(status_key(str(out.sender)))
+        return response
+
+    async def _check_devices(self, s: object, out: Outgoing) -> None:
+        devices = {d.device_id for d in await store.list_devices(s, str(out.recipient))}  # type: ignore[arg-type]
+        missing = [d for d, _ in out.envelopes if d not in devices]
+        if missing:
+            raise NotFound(
+                "DEVICE_NOT_FOUND",
+                f"{out.recipient} has no device {missing[0]!r}; fetch its prekey bundles again",
+                resource_type="device",
+                resource_name=f"{out.recipient}/{missing[0]}",
+            )
+
+    async def _consent_and_charge(self, message_id: str, out: Outgoing, country: str) -> _Charge:
+        business_id, person_id = out.sender.id, out.recipient.id
+        async with self.db.read() as s:
+            # Refuse early, before anything is charged; checked again when storing.
+            await limits.check(
+                s,
+                self.limit_settings,
+                business_id,
+                person_id,
+                common_pb2.WINDOW_KIND_UNSPECIFIED,
+                self.clock.now(),
+            )
+        decision = await self.deps.check_consent(business_id, person_id, out.category)
+        if not decision.allowed:
+            reason = consent_reason(decision.reason)
+            raise FailedPrecondition(
+                reason,
+                f"{out.recipient} does not allow {category_name(out.category)} "
+                f"messages from {out.sender}: {reason}",
+                violations=[
+                    (
+                        reason,
+                        f"{out.sender}->{out.recipient}",
+                        f"consent refused {category_name(out.category)}",
+                    )
+                ],
+                metadata={"category": category_name(out.category)},
+            )
+        window_kind = decision.window.kind or common_pb2.WINDOW_KIND_NONE
+        auth = await self.deps.authorize(
+            message_id,
+            business_id,
+            country,
+            out.category,
+            window_kind,
+            out.ttl + AUTHORIZATION_MARGIN,
+        )
+        return _Charge(
+            authorization_id=auth.authorization_id,
+            price=auth.price,
+            free=auth.free,
+            window_kind=window_kind,
+            free_entry_pending=decision.free_entry_pending,
+        )
+
+    async def _record_user_message(self, message_id: str, out: Outgoing) -> _Charge:
+        await self.deps.record_user_message(
+            message_id, out.sender.id, out.recipient.id, out.referral
+        )
+        return _Charge()
+
+    async def _store(
+        self,
+        request: delivery_pb2.SendMessageRequest,
+        out: Outgoing,
+        message_id: str,
+        charge: _Charge,
+    ) -> tuple[delivery_pb2.SendMessageResponse, bool]:
+        for _ in range(3):
+            try:
+                async with self.db.write() as s:
+                    sender = await store.lock_sender(s, str(out.sender))
+                    stored = await self.idem.lookup(
+                        s, METHOD, request, delivery_pb2.SendMessageResponse
+                    )
+                    if stored is not None:
+                        return stored, True
+                    now = self.clock.now()
+                    if out.business_sends:
+                        await limits.check(
+                            s,
+                            self.limit_settings,
+                            out.sender.id,
+                            out.recipient.id,
+                            charge.window_kind,
+                            now,
+                        )
+                        await limits.record(
+                            s, out.sender.id, out.recipient.id, charge.window_kind, now
+                        )
+                    message = self._message(out, message_id, charge, now)
+                    s.add(message)
+                    for device_id, ciphertext in out.envelopes:
+                        s.add(
+                            Envelope(
+                                message_id=message_id,
+                                recipient=str(out.recipient),
+                                device_id=device_id,
+                                ciphertext=ciphertext,
+                                expire_time=message.expire_time,
+                            )
+                        )
+                    await store.append_event(
+                        s, sender, message, Status.MESSAGE_STATUS_ACCEPTED, now
+                    )
+                    if charge.free_entry_pending:
+                        # This reply opens the 72-hour free-entry window at consent.
+                        store.add_outbox(
+                            s,
+                            "BUSINESS_REPLY",
+                            {
+                                "message_id": message_id,
+                                "business_id": out.sender.id,
+                                "person_id": out.recipient.id,
+                            },
+                            now,
+                        )
+                    response = self._response(message, charge)
+                    await self.idem.save(s, METHOD, request, response)
+                return response, False
+            except IntegrityError:
+                # A concurrent call with the same request_id won: answer with its result.
+                continue
+        raise FailedPrecondition("CONFLICT", "a concurrent request with this request_id failed")
+
+    @staticmethod
+    def _message(out: Outgoing, message_id: str, charge: _Charge, now: datetime) -> Message:
+        price = charge.price or common_pb2.Money()
+        return Message(
+            message_id=message_id,
+            sender=str(out.sender),
+            sender_device_id=out.sender_device_id,
+            recipient=str(out.recipient),
+            category=out.category,
+            status=Status.MESSAGE_STATUS_ACCEPTED,
+            send_time=now,
+            expire_time=now + out.ttl,
+            status_time=now,
+            window_kind=charge.window_kind,
+            authorization_id=charge.authorization_id,
+            price_micros=price.amount_micros,
+            currency_code=price.currency_code,
+            free=charge.free,
+            referral_click_id=out.referral.click_id,
+            referral_campaign_id=out.referral.campaign_id,
+        )
+
+    @staticmethod
+    def _response(message: Message, charge: _Charge) -> delivery_pb2.SendMessageResponse:
+        return delivery_pb2.SendMessageResponse(
+            message_id=message.message_id,
+            status=Status.MESSAGE_STATUS_ACCEPTED,
+            price=common_pb2.Money(
+                amount_micros=message.price_micros, currency_code=message.currency_code
+            ),
+            free=message.free,
+            expire_time=to_timestamp(message.expire_time),
+            window_kind=charge.window_kind,  # type: ignore[arg-type]
+        )
+
+    async def _void_quietly(self, message_id: str, charge: _Charge) -> None:
+        """Releases an authorization whose message was not stored; if billing cannot be
+        reached, its own timeout releases it (the authorization carries one)."""
+        if not charge.authorization_id:
+            return
+        try:
+            await self.deps.void(
+                f"void-{message_id}",
+                charge.authorization_id,
+                billing_pb2.VOID_REASON_CANCELLED,
+            )
+        except grpc.aio.AioRpcError as e:
+            log.warning(
+                "could not void an unused authorization; billing's timeout will",
+                extra={"fields": {"message_id": message_id, "code": e.code().name}},
+            )
