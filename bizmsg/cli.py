@@ -108,8 +108,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
             time.sleep(0.2)
     finally:
         for p in procs:
-            if p.proc is not None and p.proc.poll() is None:
-                p.proc.send_signal(signal.SIGTERM)
+            p.request_stop()  # all drain at once
         codes = [p.terminate() for p in procs]
     return 0 if all(c == 0 for c in codes) else 1
 

@@ -68,6 +68,7 @@ class ServiceProcess:
         }
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False
         self._log: IO[bytes] | None = None
 
     @property
@@ -76,6 +77,7 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._stopping = False
         self.proc = subprocess.Popen(
             [sys.executable, "-m", f"{self.name}_svc"],
             env=self.env,
@@ -100,11 +102,16 @@ class ServiceProcess:
                 if time.monotonic() > deadline:
                     raise
 
-    def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
+    def request_stop(self) -> None:
+        """Send SIGTERM once (a service drains on the first and exits 0)."""
+        if self.proc is not None and self.proc.poll() is None and not self._stopping:
+            self._stopping = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM (once) and wait; returns the exit code."""
+        assert self.proc is not None
+        self.request_stop()
         try:
             return self.proc.wait(timeout=timeout)
         finally:

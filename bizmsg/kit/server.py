@@ -174,6 +174,10 @@ async def serve(definition: ServiceDefinition, settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # A second signal while draining must not kill the process half-way: ignore it.
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     log.info("draining", extra={"fields": {"grace_seconds": settings.grace_seconds}})
     await running.stop(settings.grace_seconds)
     log.info("stopped")
