@@ -1,0 +1,105 @@
+"""`bizmsg bench`: SendMessage end to end against a null pipeline of the same shape, plus
+CheckConsent, AuthorizeCharge and ServeAd alone, under h2load, with a fixed concurrency sweep."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from bizmsg.bench.loadgen import LoadGeneratorMissing, h2load_path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bizmsg bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="a short sweep that ends within a minute")
+    p.add_argument(
+        "--database-url",
+        help="a PostgreSQL server (e.g. postgresql://postgres@127.0.0.1:5432/postgres); the bench "
+        "creates one database per service there and drops them after. Default: SQLite files.",
+    )
+    p.add_argument("--json", type=Path, help="write the figures to this file")
+    p.add_argument("--chart", type=Path, help="write throughput and p99 vs concurrency (PNG)")
+    p.add_argument(
+        "--soak",
+        type=float,
+        default=0.0,
+        metavar="MINUTES",
+        help="afterwards, send at 80%% of the measured SendMessage peak and report RSS growth",
+    )
+    p.add_argument(
+        "--only",
+        default="",
+        help="comma-separated scenarios (null,send,check,authorize,serve); default: all",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="also profile the services (py-spy, SQL statements per call) into DIR; "
+        "slows them down, so its figures are not the benchmark's",
+    )
+    p.add_argument("--work-dir", type=Path, help="keep databases, logs and h2load logs here")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    ns = _parser().parse_args(argv)
+    try:
+        h2load_path()
+    except LoadGeneratorMissing as e:
+        print(f"bizmsg bench: {e}", file=sys.stderr)
+        return 2
+    # Imported here so `bizmsg --help` stays fast.
+    from tqdm import tqdm
+
+    from bizmsg.bench import report
+    from bizmsg.bench.runner import FULL, QUICK, BenchError, Runner
+    from bizmsg.bench.scenarios import BY_KEY
+
+    plan = QUICK if ns.quick else FULL
+    if ns.only:
+        keys = tuple(k.strip() for k in ns.only.split(",") if k.strip())
+        unknown = [k for k in keys if k not in BY_KEY]
+        if unknown:
+            print(f"bizmsg bench: unknown scenarios {unknown}; pick from {list(BY_KEY)}")
+            return 2
+        plan = replace(plan, scenarios=keys)
+    plan = replace(plan, soak_minutes=ns.soak)
+    work_dir = ns.work_dir or Path(tempfile.mkdtemp(prefix="bizmsg-bench-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    runner = Runner(plan, work_dir, ns.database_url, ns.profile)
+    if runner.shim is None:
+        print(
+            "bizmsg bench: no C compiler, so every h2load call repeats one request_id: "
+            "mutating scenarios then measure idempotent replays",
+            file=sys.stderr,
+        )
+    bar = tqdm(total=plan.runs(), unit="run", dynamic_ncols=True, file=sys.stderr)
+
+    def progress(text: str, done: int) -> None:
+        bar.set_description_str(text)
+        bar.update(done)
+
+    try:
+        outcome = runner.run(progress)
+    except BenchError as e:
+        print(f"bizmsg bench: {e}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+    fig = report.figures(outcome, ns.quick)
+    print(report.table(outcome, fig))
+    if ns.json:
+        ns.json.write_text(json.dumps(fig, indent=2))
+    if ns.chart:
+        report.chart(outcome, ns.chart)
+    if ns.work_dir is None:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    else:
+        print(f"work dir kept: {work_dir}")
+    return 0

@@ -1,0 +1,385 @@
+"""One bench run: start everything, seed, check each scenario answers, sweep, optionally soak."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bizmsg.bench import loadgen, procs, shim
+from bizmsg.bench.null_pipeline import STATS_PATH
+from bizmsg.bench.profile import Profiler
+from bizmsg.bench.scenarios import SCENARIOS, Scenario, stamp
+from bizmsg.bench.seed import Seeded, seed
+from bizmsg.bench.stack import Stack
+from bizmsg.bench.verify import LogWatch, count_rows
+from bizmsg.kit.testing import metadata_for, token_for
+
+
+@dataclass(frozen=True)
+class Plan:
+    levels: tuple[int, ...]  # concurrency sweep of the two pipelines
+    single_levels: tuple[int, ...]  # concurrency of the services measured alone
+    duration: int  # measured seconds per point
+    warmup: int  # seconds per point before measuring
+    people: int
+    businesses: int
+    campaigns: int
+    soak_minutes: float = 0.0
+    scenarios: tuple[str, ...] = tuple(s.key for s in SCENARIOS)
+
+    def runs(self) -> int:
+        return sum(
+            len(self.levels if s.pipeline else self.single_levels)
+            for s in SCENARIOS
+            if s.key in self.scenarios
+        )
+
+
+QUICK = Plan(
+    levels=(4, 16, 64), single_levels=(16,), duration=2, warmup=1, people=100, businesses=1,
+    campaigns=5,
+)  # fmt: skip
+FULL = Plan(
+    levels=(1, 4, 16, 64, 128), single_levels=(4, 16, 64), duration=10, warmup=2, people=2000,
+    businesses=1, campaigns=20,
+)  # fmt: skip
+
+
+@dataclass
+class Point:
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    requests: int  # completed in the measured period (h2load)
+    codes: dict[str, int]  # gRPC outcomes of the whole run (warm-up included), from the service
+    ok_fraction: float
+    stored: int | None  # rows the run added to the scenario's table (SendMessage: messages)
+    loadgen_cpu_s: float
+    loadgen_wall_s: float
+    service_cpu_s: dict[str, float]
+    cpu_ms_per_call: dict[str, float]  # each service's CPU per call of the scenario
+    peak_rss_mb: dict[str, float]
+    profile: dict[str, Any] | None = None  # with --profile: SQL per call and CPU hot spots
+
+
+@dataclass
+class ScenarioResult:
+    key: str
+    title: str
+    sample: str = ""  # what one Python-client call answered before the sweep
+    error: str = ""  # why the scenario was not measured
+    points: list[Point] = field(default_factory=list)
+
+    def peak(self) -> Point | None:
+        good = [p for p in self.points if p.ok_fraction >= 0.99]
+        return max(good, key=lambda p: p.rps) if good else None
+
+
+@dataclass
+class Soak:
+    minutes: float
+    target_rps: float
+    achieved_rps: float
+    codes: dict[str, int]
+    rss_start_mb: dict[str, float]
+    rss_end_mb: dict[str, float]
+    growth_pct: dict[str, float]
+    samples: list[dict[str, float]]
+
+
+@dataclass
+class Outcome:
+    plan: Plan
+    database: str
+    unique_ids: bool
+    seeded: Seeded | None
+    scenarios: dict[str, ScenarioResult]
+    soak: Soak | None
+    loadgen_version: str
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float]
+    seconds: float
+    errors_logged: list[str]
+    stop_problems: list[str]
+    stop_seconds: float
+
+
+Progress = Callable[[str, int], None]
+
+
+class BenchError(RuntimeError):
+    """The bench could not run (not a slow or failing service: those are figures)."""
+
+
+class Runner:
+    def __init__(
+        self,
+        plan: Plan,
+        work_dir: Path,
+        database_url: str | None,
+        profile_dir: Path | None = None,
+    ) -> None:
+        self.plan = plan
+        self.profiler = Profiler(profile_dir) if profile_dir else None
+        self.work_dir = work_dir
+        self.database_url = database_url
+        self.stack = Stack(work_dir)
+        self.shim = shim.build(work_dir / "shim")
+        self.serial = 0
+
+    def run(self, progress: Progress) -> Outcome:
+        started = time.monotonic()
+        load_before = os.getloadavg()
+        version = _h2load_version()
+        try:
+            progress("starting services", 0)
+            if "null" in self.plan.scenarios:
+                self.stack.start_null()
+            real = any(k != "null" for k in self.plan.scenarios)
+            if real:
+                self.stack.start_services(
+                    self.database_url, self.profiler.env() if self.profiler else None
+                )
+            watch = LogWatch(self.stack.logs())
+            mark = watch.mark()
+            seeded = None
+            if real:
+                progress("seeding", 0)
+                try:
+                    seeded = asyncio.run(
+                        seed(
+                            {n: self.stack.target(n) for n in self.stack.services},
+                            people=self.plan.people,
+                            businesses=self.plan.businesses,
+                            campaigns=self.plan.campaigns,
+                        )
+                    )
+                except grpc.aio.AioRpcError as e:
+                    raise BenchError(f"seeding failed: {e.code().name}: {e.details()}") from e
+            results: dict[str, ScenarioResult] = {}
+            for sc in SCENARIOS:
+                if sc.key not in self.plan.scenarios:
+                    continue
+                results[sc.key] = self._scenario(sc, watch, progress)
+            soak = None
+            send = results.get("send")
+            if self.plan.soak_minutes > 0 and send is not None and send.peak() is not None:
+                progress("soak", 0)
+                soak = self._soak(send, watch)
+            errors = watch.errors(mark) if real else []
+        finally:
+            progress("stopping", 0)
+            stopping = time.monotonic()
+            self.stack.stop()
+            stop_seconds = time.monotonic() - stopping
+        return Outcome(
+            self.plan,
+            "postgresql" if self.database_url else "sqlite",
+            self.shim is not None,
+            seeded,
+            results,
+            soak,
+            version,
+            load_before,
+            os.getloadavg(),
+            time.monotonic() - started,
+            errors,
+            self.stack.stop_problems,
+            stop_seconds,
+        )
+
+    # --- one scenario ------------------------------------------------------------------
+
+    def _scenario(self, sc: Scenario, watch: LogWatch, progress: Progress) -> ScenarioResult:
+        result = ScenarioResult(sc.key, sc.title)
+        try:
+            result.sample = self._sample(sc)
+        except grpc.RpcError as e:
+            result.error = f"sample call failed: {e.code().name}: {e.details()}"
+            progress(f"{sc.key}: skipped", len(self._levels(sc)))
+            return result
+        for level in self._levels(sc):
+            progress(f"{sc.key} c={level}", 0)
+            result.points.append(self._point(sc, level, watch))
+            progress(f"{sc.key} c={level}: {result.points[-1].rps:.0f}/s", 1)
+        return result
+
+    def _levels(self, sc: Scenario) -> tuple[int, ...]:
+        return self.plan.levels if sc.pipeline else self.plan.single_levels
+
+    def _tag(self) -> str:
+        self.serial += 1
+        return f"b{self.serial:03d}{secrets.token_hex(3)}"
+
+    def _sample(self, sc: Scenario) -> str:
+        """One call from a Python client with a stamped body: proves the body is accepted."""
+        body = stamp(sc.message(self._tag()), 0, self.plan.people)
+        with grpc.insecure_channel(self.stack.target(sc.target)) as ch:
+            call = ch.unary_unary(sc.path)
+            raw = call(body, metadata=metadata_for(sc.principal), timeout=10)
+        if sc.response_type is None:
+            return f"{len(raw)} bytes"
+        text = str(sc.response_type.FromString(raw)).replace("\n", " ").strip()
+        return text[:200]
+
+    def _point(self, sc: Scenario, level: int, watch: LogWatch) -> Point:
+        pids = self.stack.pids()
+        for pid in pids.values():
+            procs.reset_peak(pid)
+        cpu_before = {n: procs.cpu_seconds(p) or 0.0 for n, p in pids.items()}
+        mark = watch.mark()
+        null_before = self._null_stats() if sc.target == "null" else {}
+        stored_before = self._stored(sc)
+        load = loadgen.Load(
+            target=self.stack.target(sc.target),
+            path=sc.path,
+            message=sc.message(self._tag()),
+            token=token_for(sc.principal),
+            concurrency=level,
+            duration=self.plan.duration,
+            warmup=self.plan.warmup,
+            pick=self.plan.people,
+        )
+        profiled = {n: p for n, p in pids.items() if n in self._relevant(sc)}
+        spies = []
+        if self.profiler and sc.target != "null":
+            spies = self.profiler.start(f"{sc.key}-c{level}", profiled, load.duration + load.warmup)
+        r = loadgen.run(load, self.work_dir / "runs" / f"{sc.key}-{level}-{self.serial}", self.shim)
+        if sc.target == "null":
+            after = self._null_stats()
+            codes = {
+                "OK": after["ok"] - null_before["ok"],
+                "UNAVAILABLE": after["failed"] - null_before["failed"],
+            }
+        else:
+            codes = dict(watch.codes(mark, sc.target, sc.path))
+        total = sum(codes.values())
+        stored = None if stored_before is None else (self._stored(sc) or 0) - stored_before
+        relevant = self._relevant(sc)
+        profile = None
+        if self.profiler and sc.target != "null":
+            profile = self.profiler.finish(f"{sc.key}-c{level}", profiled, spies, total)
+        cpu = {
+            n: (procs.cpu_seconds(p) or 0.0) - cpu_before[n]
+            for n, p in pids.items()
+            if n in relevant
+        }
+        return Point(
+            concurrency=level,
+            rps=r.rps,
+            p50_ms=r.p50_ms,
+            p95_ms=r.p95_ms,
+            p99_ms=r.p99_ms,
+            requests=r.requests,
+            codes={k: v for k, v in codes.items() if v},
+            ok_fraction=(codes.get("OK", 0) / total) if total else 0.0,
+            stored=stored,
+            loadgen_cpu_s=round(r.cpu_seconds, 3),
+            loadgen_wall_s=round(r.wall_seconds, 3),
+            service_cpu_s={n: round(c, 3) for n, c in cpu.items()},
+            cpu_ms_per_call={n: round(1000 * c / total, 2) for n, c in cpu.items() if total},
+            peak_rss_mb={
+                n: round(procs.peak_rss_mb(p) or 0.0, 1) for n, p in pids.items() if n in relevant
+            },
+            profile=profile,
+        )
+
+    def _stored(self, sc: Scenario) -> int | None:
+        if not sc.stored_in:
+            return None
+        return count_rows(self.stack.database_url(sc.target), sc.stored_in)
+
+    @staticmethod
+    def _relevant(sc: Scenario) -> tuple[str, ...]:
+        if sc.target == "null":
+            return ("null-front", "null-consent", "null-billing")
+        if sc.target == "delivery":
+            return ("delivery", "consent", "billing")
+        if sc.target == "ads":
+            return ("ads", "consent", "billing")
+        return (sc.target,)
+
+    def _null_stats(self) -> dict[str, int]:
+        with grpc.insecure_channel(self.stack.target("null")) as ch:
+            raw = ch.unary_unary(STATS_PATH)(b"", timeout=10)
+        stats: dict[str, int] = json.loads(raw)
+        return stats
+
+    # --- soak --------------------------------------------------------------------------
+
+    def _soak(self, send: ScenarioResult, watch: LogWatch) -> Soak:
+        peak = send.peak()
+        assert peak is not None
+        sc = next(s for s in SCENARIOS if s.key == "send")
+        rate = 0.8 * peak.rps
+        seconds = int(self.plan.soak_minutes * 60)
+        pids = {n: p for n, p in self.stack.pids().items() if n in self.stack.services}
+        samples: list[dict[str, float]] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            t0 = time.monotonic()
+            while not stop.is_set():
+                row = {"t": round(time.monotonic() - t0, 1)}
+                row.update({n: procs.rss_mb(p) or 0.0 for n, p in pids.items()})
+                samples.append(row)
+                stop.wait(5.0)
+
+        mark = watch.mark()
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            r = loadgen.run(
+                loadgen.Load(
+                    target=self.stack.target("delivery"),
+                    path=sc.path,
+                    message=sc.message(self._tag()),
+                    token=token_for(sc.principal),
+                    concurrency=peak.concurrency,
+                    duration=seconds,
+                    rate=rate,
+                    pick=self.plan.people,
+                ),
+                self.work_dir / "runs" / "soak",
+                self.shim,
+            )
+        finally:
+            stop.set()
+            sampler.join()
+        samples.append(
+            {"t": float(seconds), **{n: procs.rss_mb(p) or 0.0 for n, p in pids.items()}}
+        )
+        # Start of the curve: after the first tenth, once caches and pools have filled.
+        base = next((s for s in samples if s["t"] >= seconds / 10), samples[0])
+        end = samples[-1]
+        return Soak(
+            minutes=self.plan.soak_minutes,
+            target_rps=round(rate, 1),
+            achieved_rps=r.rps,
+            codes=dict(watch.codes(mark, "delivery", sc.path)),
+            rss_start_mb={n: round(base[n], 1) for n in pids},
+            rss_end_mb={n: round(end[n], 1) for n in pids},
+            growth_pct={n: round(100 * (end[n] - base[n]) / base[n], 1) for n in pids if base[n]},
+            samples=samples,
+        )
+
+
+def _h2load_version() -> str:
+    import subprocess
+
+    out = subprocess.run(
+        [loadgen.h2load_path(), "--version"], capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() or "h2load"

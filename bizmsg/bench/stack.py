@@ -1,0 +1,136 @@
+"""Everything the bench runs against: the four services as real processes and the null pipeline
+(three processes), started on free ports, with their logs and pids."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bizmsg.bench.procs import BenchProcess
+from bizmsg.kit.processes import ServiceProcess, start_stack
+
+SERVICES = ("consent", "billing", "delivery", "ads")
+NULL_NAMES = ("null-front", "null-consent", "null-billing")
+# A benchmark sends a person far more messages a minute than a conversation would; the
+# per-pair limit (10 a minute) is raised so it is checked on every call but never trips.
+# Calls still in flight when a run ends were abandoned by h2load; a short grace ends the bench
+# promptly instead of waiting the default 10 s per service.
+STOP_TIMEOUT = 8.0
+BENCH_ENV = {"BIZMSG_DELIVERY_PAIR_LIMIT_PER_MINUTE": "100000000", "BIZMSG_GRACE_SECONDS": "2"}
+
+
+@dataclass
+class Stack:
+    work_dir: Path
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+    null: dict[str, BenchProcess] = field(default_factory=dict)
+    databases: list[str] = field(default_factory=list)
+    admin_url: str | None = None
+    stop_problems: list[str] = field(default_factory=list)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def target(self, name: str) -> str:
+        if name == "null":
+            return self.null["null-front"].target
+        return self.services[name].target
+
+    def database_url(self, name: str) -> str:
+        """Where a service keeps its data (the SQLite file start_stack gives it by default)."""
+        default = self.work_dir / "data" / f"{name}.db"
+        return self.urls.get(name) or f"sqlite+aiosqlite:///{default.resolve()}"
+
+    def pids(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name, sp in self.services.items():
+            if sp.proc is not None:
+                out[name] = sp.proc.pid
+        for name, bp in self.null.items():
+            out[name] = bp.pid
+        return out
+
+    def logs(self) -> dict[str, Path]:
+        return {name: sp.log_path for name, sp in self.services.items()}
+
+    def start_null(self) -> None:
+        logs = self.work_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        leaf = "bizmsg.bench.null_pipeline"
+        consent = BenchProcess("null-consent", leaf, ["leaf"], logs / "null-consent.log").start()
+        billing = BenchProcess("null-billing", leaf, ["leaf"], logs / "null-billing.log").start()
+        self.null = {"null-consent": consent, "null-billing": billing}
+        consent.wait_serving()
+        billing.wait_serving()
+        front_args = ["front", "--consent", consent.target, "--billing", billing.target]
+        front = BenchProcess("null-front", leaf, front_args, logs / "null-front.log").start()
+        self.null["null-front"] = front
+        front.wait_serving()
+
+    def start_services(
+        self, database_url: str | None, extra_env: dict[str, str] | None = None
+    ) -> None:
+        # A kept --work-dir must not carry the last run's rows into this one.
+        shutil.rmtree(self.work_dir / "data", ignore_errors=True)
+        urls: dict[str, str] = {}
+        if database_url:
+            self.admin_url = database_url
+            for name in SERVICES:
+                db = f"bizmsg_bench_{name}_{uuid.uuid4().hex[:8]}"
+                asyncio.run(_pg_admin(database_url, f'CREATE DATABASE "{db}"'))
+                self.databases.append(db)
+                urls[name] = _async_url(database_url, db)
+        self.urls = urls
+        env = {**BENCH_ENV, **(extra_env or {})}
+        self.services = start_stack(self.work_dir, urls, extra_env=env)
+
+    def stop(self) -> None:
+        try:
+            self._stop_services()
+        finally:
+            for bp in self.null.values():
+                bp.stop()
+            if self.admin_url:
+                for db in self.databases:
+                    asyncio.run(
+                        _pg_admin(self.admin_url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+                    )
+
+    def _stop_services(self) -> None:
+        # SIGTERM all first, then wait, so the drains overlap.
+        for sp in self.services.values():
+            if sp.proc is not None and sp.proc.poll() is None:
+                sp.proc.send_signal(signal.SIGTERM)
+        for name, sp in self.services.items():
+            if sp.proc is None:
+                continue
+            try:
+                sp.terminate(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.stop_problems.append(
+                    f"{name} did not exit within {STOP_TIMEOUT:.0f} s of SIGTERM; killed"
+                )
+                sp.kill()
+
+
+def _plain_url(url: str) -> str:
+    """asyncpg wants postgresql://...; accept the SQLAlchemy spelling too."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def _async_url(admin_url: str, db: str) -> str:
+    base = _plain_url(admin_url).rsplit("/", 1)[0]
+    return base.replace("postgresql://", "postgresql+asyncpg://", 1) + "/" + db
+
+
+async def _pg_admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(_plain_url(url), timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()

@@ -1,0 +1,138 @@
+"""`bizmsg bench` plumbing on tiny runs: the null pipeline, fresh ids per call, the figures.
+
+No timed assertions: the figures only have to be well formed and every call has to succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from bizmsg.bench import loadgen, report, shim
+from bizmsg.bench import main as bench_main
+from bizmsg.bench.runner import Plan, Runner
+from bizmsg.bench.scenarios import PERSON, SCENARIOS, request_id, stamp
+from bizmsg.delivery.v1 import delivery_pb2
+
+needs_h2load = pytest.mark.skipif(
+    shutil.which("h2load") is None, reason="h2load missing: apt-get install -y nghttp2-client"
+)
+
+H2LOAD_OUTPUT = """
+finished in 3.00s, 1088.00 req/s, 40.38KB/s
+requests: 3264 total, 3264 started, 3264 done, 3264 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 3264 2xx, 0 3xx, 0 4xx, 0 5xx
+"""
+
+
+def test_grpc_frame_prefixes_the_length() -> None:
+    assert loadgen.grpc_frame(b"abc") == b"\x00\x00\x00\x00\x03abc"
+
+
+def test_parse_reads_the_summary_and_percentiles() -> None:
+    rows = [(0, 200, d * 1000) for d in range(1, 101)] + [(0, -1, 5)]
+    r = loadgen.parse(H2LOAD_OUTPUT, rows, 8)
+    assert (r.requests, r.http_ok, r.failed, r.rps) == (3264, 3264, 0, 1088.0)
+    assert (r.p50_ms, r.p95_ms, r.p99_ms) == (50.0, 95.0, 99.0)
+
+
+def test_parse_refuses_unexpected_output() -> None:
+    with pytest.raises(RuntimeError, match="unexpected h2load output"):
+        loadgen.parse("connect failed", [], 1)
+
+
+def test_stamp_matches_the_shim_and_keeps_the_size() -> None:
+    msg = delivery_pb2.SendMessageRequest(
+        request_id=request_id("t"), recipient=f"user:{PERSON}"
+    ).SerializeToString()
+    out = delivery_pb2.SendMessageRequest.FromString(stamp(msg, 1234, 1000))
+    assert out.request_id == "t-000000001234"
+    assert out.recipient == "user:p000234"
+    assert len(stamp(msg, 1234, 1000)) == len(msg)
+
+
+@needs_h2load
+def test_shim_gives_every_request_a_fresh_id(tmp_path: Path) -> None:
+    lib = shim.build(tmp_path)
+    if lib is None:
+        pytest.skip("no C compiler")
+    seen: list[bytes] = []
+
+    async def run() -> None:
+        async def record(request: bytes, context: Any) -> bytes:
+            seen.append(request)
+            return b""
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "t.T", {"M": grpc.unary_unary_rpc_method_handler(record)}
+                )
+            ]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        body = tmp_path / "body.bin"
+        body.write_bytes(loadgen.grpc_frame(b"id=@@@@@@@@@@@@ to=p######"))
+        proc = await asyncio.create_subprocess_exec(
+            loadgen.h2load_path(), "-n200", "-c2", "-m8", "-d", str(body),
+            "-H", "content-type: application/grpc", "-H", "te: trailers",
+            f"http://127.0.0.1:{port}/t.T/M",
+            env={"LD_PRELOAD": str(lib), "BIZMSG_BENCH_PICK": "7"},
+            stdout=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        assert await proc.wait() == 0
+        await server.stop(None)
+
+    asyncio.run(run())
+    assert len(seen) == 200
+    assert len(set(seen)) == 200  # no two calls share a request id
+    assert {s[-6:] for s in seen} == {f"{i:06d}".encode() for i in range(7)}
+
+
+@needs_h2load
+@pytest.mark.integration
+def test_quick_null_pipeline_writes_json_and_chart(tmp_path: Path) -> None:
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = bench_main(["--quick", "--only", "null", "--json", str(out), "--chart", str(png)])
+    assert code == 0
+    fig = json.loads(out.read_text())
+    assert fig["null_rps"] > 0
+    assert fig["send_rps"] is None and fig["ratio"] is None
+    null = fig["scenarios"]["null"]
+    assert [p["concurrency"] for p in null["points"]] == [4, 16, 64]
+    for p in null["points"]:
+        assert p["ok_fraction"] == 1.0 and p["codes"]["OK"] > 0
+        assert 0 < p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"]
+        assert set(p["peak_rss_mb"]) == {"null-front", "null-consent", "null-billing"}
+    assert fig["loadgen"]["cpu_seconds"] > 0 and fig["loadgen"]["unique_request_ids"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_h2load
+@pytest.mark.integration
+def test_every_scenario_on_the_real_services(tmp_path: Path) -> None:
+    """The smallest full run: seeded services, one point per scenario, every call succeeds."""
+    plan = Plan(
+        levels=(4,), single_levels=(4,), duration=1, warmup=0, people=10, businesses=1, campaigns=2
+    )
+    outcome = Runner(plan, tmp_path, None).run(lambda text, done: None)
+    fig = report.figures(outcome, quick=True)
+    json.dumps(fig)  # serialisable as written by --json
+    assert set(fig["scenarios"]) == {s.key for s in SCENARIOS}
+    for key, s in fig["scenarios"].items():
+        assert s["error"] == "", key
+        assert s["sample"], key
+        (point,) = s["points"]
+        assert point["codes"].get("OK", 0) > 0, (key, point["codes"])
+        assert point["ok_fraction"] == 1.0, (key, point["codes"])
+    assert fig["ratio"] is not None and fig["ratio"] > 0
+    assert set(fig["rss_mb"]) >= {"consent", "billing", "delivery", "ads"}
+    assert "null pipeline peak" in report.table(outcome, fig)
