@@ -6,6 +6,7 @@ can use them. Every other call needs `authorization: Bearer <token>`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +17,7 @@ from grpc_status import rpc_status
 
 from bizmsg.kit import calls
 from bizmsg.kit.auth import TokenAuthority, set_current_principal
-from bizmsg.kit.errors import DomainError, Unauthenticated, internal_status
+from bizmsg.kit.errors import DomainError, Unauthenticated, Unavailable, internal_status
 from bizmsg.kit.ids import new_id
 
 log = logging.getLogger("bizmsg.rpc")
@@ -67,7 +68,10 @@ class _Call:
         self.principal = str(p)
         set_current_principal(p)
 
-    async def fail(self, e: BaseException) -> None:
+    async def fail(self, e: BaseException, draining: bool) -> None:
+        if draining and not isinstance(e, DomainError):
+            # Dependencies and pools close while draining; say so instead of INTERNAL.
+            e = Unavailable("SHUTTING_DOWN", "the service is shutting down; retry", retry_after=1)
         if isinstance(e, DomainError):
             self.code = e.code
             status = rpc_status.to_status(e.to_status(self.domain))
@@ -115,6 +119,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, service: str, tokens: TokenAuthority) -> None:
         self.service = service
         self.tokens = tokens
+        self.draining = False
 
     async def intercept_service(
         self,
@@ -128,7 +133,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return self._wrap(handler, method)
 
     def _wrap(self, handler: Any, method: str) -> grpc.RpcMethodHandler:
-        service, tokens = self.service, self.tokens
+        service, tokens, interceptor = self.service, self.tokens, self
         kwargs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -142,10 +147,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     if call.error is not None:
                         raise call.error
                     return await behavior(request, context)
+                except asyncio.CancelledError:
+                    call.code = grpc.StatusCode.CANCELLED
+                    raise
                 except (grpc.aio.AbortError, KeyboardInterrupt):
                     raise
                 except Exception as e:
-                    await call.fail(e)
+                    await call.fail(e, interceptor.draining)
                 finally:
                     call.done()
 
@@ -165,10 +173,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     raise call.error
                 async for item in behavior(request, context):
                     yield item
+            except asyncio.CancelledError:
+                call.code = grpc.StatusCode.CANCELLED
+                raise
             except (grpc.aio.AbortError, KeyboardInterrupt):
                 raise
             except Exception as e:
-                await call.fail(e)
+                await call.fail(e, interceptor.draining)
             finally:
                 call.done()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -109,9 +110,11 @@ class RunningService:
     runtime: Runtime
     health: Any
     port: int
+    interceptor: Any
 
     async def stop(self, grace: float) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
+        self.interceptor.draining = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.runtime.close()
@@ -137,8 +140,9 @@ async def start(
     runtime = Runtime(definition, settings, clock or make_clock(settings), db, tokens, channels)
     servicer = await definition.build(runtime)
 
+    interceptor = ServerInterceptor(definition.name, tokens)
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(definition.name, tokens)],
+        interceptors=[interceptor],
         options=[("grpc.so_reuseport", 0)],
     )
     definition.add_servicer(servicer, server)
@@ -163,11 +167,11 @@ async def start(
         "serving",
         extra={"fields": {"service": definition.service_name, "address": address, "port": bound}},
     )
-    return RunningService(definition, server, runtime, health_servicer, bound)
+    return RunningService(definition, server, runtime, health_servicer, bound, interceptor)
 
 
-async def serve(definition: ServiceDefinition, settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and return."""
+async def serve(definition: ServiceDefinition, settings: Settings) -> bool:
+    """Serve until SIGTERM or SIGINT, then drain. False if some task would not stop."""
     running = await start(definition, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -180,7 +184,21 @@ async def serve(definition: ServiceDefinition, settings: Settings) -> None:
         signal.signal(sig, signal.SIG_IGN)
     log.info("draining", extra={"fields": {"grace_seconds": settings.grace_seconds}})
     await running.stop(settings.grace_seconds)
+    # Whatever is still running (a call cancelled mid-query, a client stream) gets a short
+    # moment to unwind; asyncio.run would otherwise wait for it forever.
+    me = asyncio.current_task()
+    leftovers = [t for t in asyncio.all_tasks() if t is not me]
+    for task in leftovers:
+        task.cancel()
+    stuck: set[asyncio.Task[Any]] = set()
+    if leftovers:
+        _, stuck = await asyncio.wait(leftovers, timeout=5)
+    if stuck:
+        log.warning(
+            "tasks did not stop", extra={"fields": {"tasks": [t.get_name() for t in stuck]}}
+        )
     log.info("stopped")
+    return not stuck
 
 
 def main(definition: ServiceDefinition) -> None:
@@ -188,4 +206,8 @@ def main(definition: ServiceDefinition) -> None:
     settings = Settings()
     logs.configure(settings.log_level, definition.name)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(serve(definition, settings))
+    with asyncio.Runner() as runner:
+        if not runner.run(serve(definition, settings)):
+            # Drained and committed work is safe; do not hang on a task that ignores cancel.
+            logging.shutdown()
+            os._exit(0)

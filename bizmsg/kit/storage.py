@@ -8,6 +8,7 @@ owns one database and migrates it with its own Alembic scripts at start-up.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -85,14 +86,32 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """One read-write transaction: committed when the block ends, rolled back on error."""
-        async with self._write_sessions() as session, session.begin():
+        async with self._transaction(self._write_sessions) as session:
             yield session
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """One read transaction: a consistent snapshot, nothing written."""
-        async with self._read_sessions() as session, session.begin():
+        async with self._transaction(self._read_sessions) as session:
             yield session
+
+    @staticmethod
+    @asynccontextmanager
+    async def _transaction(
+        maker: async_sessionmaker[AsyncSession],
+    ) -> AsyncIterator[AsyncSession]:
+        session = maker()
+        try:
+            await session.begin()
+            yield session
+            await session.commit()
+        except BaseException:
+            # A cancelled call (client gone, deadline, shutdown) must still give its connection
+            # back clean: shield the rollback from a second cancellation.
+            await asyncio.shield(session.rollback())
+            raise
+        finally:
+            await asyncio.shield(session.close())
 
     async def migrate(self, script_location: str) -> None:
         """Bring the schema to the newest revision of the service's Alembic scripts."""
