@@ -1,0 +1,39 @@
+"""The billing service definition: servicer, background sweep, settings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from billing_svc.gate import WriteGate
+from billing_svc.rpc import BillingServicer
+from billing_svc.sweep import sweep_expired
+from bizmsg.billing.v1 import billing_pb2_grpc
+from bizmsg.kit.server import Runtime, ServiceDefinition
+
+# Longer than the longest message TTL (30 days), so delivery resolves charges first.
+DEFAULT_AUTHORIZATION_TIMEOUT_SECONDS = 31 * 24 * 3600
+
+
+async def build(runtime: Runtime) -> BillingServicer:
+    settings = runtime.settings
+    timeout = settings.env_int(
+        "BIZMSG_BILLING_AUTHORIZATION_TIMEOUT_SECONDS", DEFAULT_AUTHORIZATION_TIMEOUT_SECONDS
+    )
+    interval = settings.env_float("BIZMSG_BILLING_SWEEP_INTERVAL_SECONDS", 30.0)
+
+    gate = WriteGate(runtime.db)
+
+    async def sweep() -> None:
+        await sweep_expired(runtime.db, runtime.clock, gate)
+
+    runtime.every(interval, sweep, "billing-expiry-sweep")
+    return BillingServicer(runtime.db, runtime.clock, gate, timedelta(seconds=timeout))
+
+
+DEFINITION = ServiceDefinition(
+    name="billing",
+    service_name="bizmsg.billing.v1.BillingService",
+    add_servicer=billing_pb2_grpc.add_BillingServiceServicer_to_server,
+    build=build,
+    migrations="billing_svc:migrations",
+)

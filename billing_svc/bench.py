@@ -1,0 +1,308 @@
+"""Benchmark: AuthorizeCharge + CaptureCharge against an empty ledger and a 1,000,000-transfer one.
+
+    python -m billing_svc.bench [--backend sqlite|postgresql] [--pairs 2000] [--concurrency 16]
+                                [--businesses 16]
+
+Each run starts billing as a real process on a fresh database, measures pairs (authorize,
+then capture, sequentially per worker) from `concurrency` concurrent workers over one
+channel, and prints throughput and p50/p99 latency of a pair. The large ledger is seeded in
+bulk with INSERT ... SELECT over a generated series (500,000 captured messages = 1,000,000
+transfers, their authorizations and idempotency keys, plus the top-ups that paid for them),
+with balances that match, so all balances still sum to zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import grpc
+from sqlalchemy import LargeBinary, bindparam, text
+
+from bizmsg.billing.v1 import billing_pb2 as pb
+from bizmsg.billing.v1 import billing_pb2_grpc
+from bizmsg.common.v1 import common_pb2
+from bizmsg.kit.auth import TokenAuthority
+from bizmsg.kit.config import DEV_TOKEN_SECRET
+from bizmsg.kit.processes import ServiceProcess
+from bizmsg.kit.storage import Database, UTCDateTime
+
+PRICE = 1_000
+SEED_WALLETS = 1_000
+SEED_MESSAGES = 500_000  # two transfers each: pending + post_pending
+SEED_TIME = datetime(2025, 6, 1, tzinfo=UTC)
+_tokens = TokenAuthority(DEV_TOKEN_SECRET.encode())
+
+
+def _md(principal: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {_tokens.mint(principal)}")]
+
+
+@dataclass
+class Result:
+    label: str
+    pairs: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def throughput(self) -> float:
+        return self.pairs / self.seconds
+
+    def pct(self, q: float) -> float:
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1] * 1000
+
+
+async def _setup(stub: billing_pb2_grpc.BillingServiceStub, businesses: int) -> None:
+    admin = _md("admin")
+    for b in range(businesses):
+        acct = await stub.CreateAccount(
+            pb.CreateAccountRequest(
+                request_id=f"bench-wallet-{b}",
+                owner=f"business:bench{b}",
+                kind=pb.ACCOUNT_KIND_BUSINESS_WALLET,
+                currency_code="EUR",
+            ),
+            metadata=admin,
+        )
+        await stub.TopUp(
+            pb.TopUpRequest(
+                request_id=f"bench-topup-{b}",
+                account_id=acct.account.account_id,
+                amount=common_pb2.Money(amount_micros=10**15, currency_code="EUR"),
+                external_reference="bench",
+            ),
+            metadata=admin,
+        )
+    await stub.SetRateCard(
+        pb.SetRateCardRequest(
+            request_id="bench-card",
+            currency_code="EUR",
+            entries=[
+                pb.RateCardEntry(
+                    category=common_pb2.CATEGORY_MARKETING,
+                    recipient_country="DE",
+                    price=common_pb2.Money(amount_micros=PRICE, currency_code="EUR"),
+                )
+            ],
+        ),
+        metadata=admin,
+    )
+
+
+async def _load(
+    target: str, label: str, pairs: int, concurrency: int, warmup: int, businesses: int
+) -> Result:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = billing_pb2_grpc.BillingServiceStub(channel)
+        md = _md("service:delivery")
+        run = uuid.uuid4().hex[:8]
+        latencies: list[float] = []
+
+        async def pair(i: int) -> float:
+            t0 = time.perf_counter()
+            auth = await stub.AuthorizeCharge(
+                pb.AuthorizeChargeRequest(
+                    request_id=f"{run}-m{i}",
+                    business_id=f"bench{i % businesses}",
+                    recipient_country="DE",
+                    category=common_pb2.CATEGORY_MARKETING,
+                    window=common_pb2.WINDOW_KIND_NONE,
+                ),
+                metadata=md,
+                timeout=30,
+            )
+            await stub.CaptureCharge(
+                pb.CaptureChargeRequest(
+                    request_id=f"{run}-c{i}", authorization_id=auth.authorization_id
+                ),
+                metadata=md,
+                timeout=30,
+            )
+            return time.perf_counter() - t0
+
+        async def worker(indexes: range, record: bool) -> None:
+            for i in indexes:
+                dt = await pair(i)
+                if record:
+                    latencies.append(dt)
+
+        async def phase(start: int, n: int, record: bool) -> float:
+            per = n // concurrency
+            t0 = time.perf_counter()
+            await asyncio.gather(
+                *(
+                    worker(range(start + w * per, start + (w + 1) * per), record)
+                    for w in range(concurrency)
+                )
+            )
+            return time.perf_counter() - t0
+
+        await phase(0, warmup, record=False)
+        seconds = await phase(warmup, pairs, record=True)
+        return Result(label, len(latencies), seconds, latencies)
+
+
+def _series(dialect: str, n: int) -> str:
+    if dialect == "postgresql":
+        return f"WITH s(n) AS (SELECT generate_series(0, {n - 1}))"
+    return f"WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n < {n - 1})"
+
+
+async def seed(url: str) -> None:
+    """Bulk-load SEED_MESSAGES captured messages into a migrated, otherwise empty database."""
+    db = Database(url)
+    per_wallet = SEED_MESSAGES // SEED_WALLETS
+    t = bindparam("t", type_=UTCDateTime)
+    exp = bindparam("exp", type_=UTCDateTime)
+    blob = bindparam("blob", type_=LargeBinary)
+    w = _series(db.dialect, SEED_WALLETS)
+    m = _series(db.dialect, SEED_MESSAGES)
+    msg_wallet = f"'seed-w-' || (n % {SEED_WALLETS})"
+    statements = [
+        # The platform accounts first, as the service would make them.
+        f"INSERT INTO accounts VALUES ('seed-revenue', 'platform', 3, 'EUR', 0, "
+        f"{SEED_MESSAGES * PRICE}, 0, 0, 0, :t)",
+        f"INSERT INTO accounts VALUES ('seed-settlement', 'platform', 4, 'EUR', {2**63 - 1}, "
+        f"0, {SEED_MESSAGES * PRICE}, 0, 0, :t)",
+        f"{w} INSERT INTO accounts SELECT 'seed-w-' || n, 'business:seed' || n, 1, 'EUR', 0, "
+        f"{per_wallet * PRICE}, {per_wallet * PRICE}, 0, 0, :t FROM s",
+        f"{w} INSERT INTO transfers SELECT 'seed-t-' || n, 'seed-settlement', 'seed-w-' || n, "
+        f"{per_wallet * PRICE}, 'EUR', 1, false, false, false, NULL, 0, '', '', 0, 'psp', :t "
+        f"FROM s",
+        f"{m} INSERT INTO transfers SELECT 'seed-p-' || n, {msg_wallet}, 'seed-revenue', {PRICE}, "
+        f"'EUR', 2, true, false, false, NULL, 1, 'DE', '', 0, 'seed-a-' || n, :t FROM s",
+        f"{m} INSERT INTO transfers SELECT 'seed-c-' || n, {msg_wallet}, 'seed-revenue', {PRICE}, "
+        f"'EUR', 2, false, true, false, 'seed-p-' || n, 1, 'DE', '', 0, 'seed-a-' || n, :t FROM s",
+        f"{m} INSERT INTO authorizations SELECT 'seed-a-' || n, 'seed' || (n % {SEED_WALLETS}), "
+        f"{msg_wallet}, 'seed-p-' || n, 'seed-c-' || n, 1, 'DE', 1, 1, {PRICE}, 'EUR', 1, 2, 0, "
+        f":exp, :t, :t FROM s",
+        f"{m} INSERT INTO idempotency_keys SELECT 'service:delivery', 'AuthorizeCharge', "
+        f"'seed-m-' || n, 'f', :blob, :t FROM s",
+        f"{m} INSERT INTO idempotency_keys SELECT 'service:delivery', 'CaptureCharge', "
+        f"'seed-k-' || n, 'f', :blob, :t FROM s",
+    ]
+    params = {"t": SEED_TIME, "exp": SEED_TIME + timedelta(days=31), "blob": b"\x00"}
+    async with db.write() as session:
+        for sql in statements:
+            used = [b for b in (t, exp, blob) if f":{b.key}" in sql]
+            stmt = text(sql).bindparams(*used)
+            await session.execute(stmt, {b.key: params[b.key] for b in used})
+    if db.dialect == "postgresql":
+        async with db.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text("VACUUM ANALYZE"))
+    else:
+        async with db.engine.connect() as conn:
+            await conn.execute(text("ANALYZE"))
+    await db.dispose()
+
+
+async def _count_transfers(url: str) -> int:
+    db = Database(url)
+    async with db.read() as session:
+        n = int((await session.execute(text("SELECT count(*) FROM transfers"))).scalar_one())
+    await db.dispose()
+    return n
+
+
+def _run(
+    label: str, url: str, work: Path, args: argparse.Namespace, pairs: int, seeded: bool
+) -> tuple[Result, int]:
+    env = {"BIZMSG_BILLING_DATABASE_URL": url, "BIZMSG_DATA_DIR": str(work)}
+    proc = ServiceProcess("billing", env, work / f"{label}.log")
+    proc.start().wait_serving()
+    try:
+        if seeded:
+            # Migrated by the first start; seed with the service stopped, then serve again.
+            proc.terminate()
+            t0 = time.perf_counter()
+            asyncio.run(seed(url))
+            print(f"seeded {label} in {time.perf_counter() - t0:.1f}s", flush=True)
+            proc.start().wait_serving()
+
+        async def go() -> Result:
+            async with grpc.aio.insecure_channel(proc.target) as channel:
+                await _setup(billing_pb2_grpc.BillingServiceStub(channel), args.businesses)
+            return await _load(
+                proc.target,
+                label,
+                pairs,
+                args.concurrency,
+                warmup=pairs // 10,
+                businesses=args.businesses,
+            )
+
+        result = asyncio.run(go())
+    finally:
+        proc.terminate()
+    return result, asyncio.run(_count_transfers(url))
+
+
+async def _pg(admin_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--pairs", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    # Messages come from many businesses; one wallet row would serialise every charge.
+    ap.add_argument("--businesses", type=int, default=16)
+    args = ap.parse_args()
+    pairs = args.pairs - args.pairs % args.concurrency
+    with tempfile.TemporaryDirectory(prefix="billing-bench-") as tmp:
+        work = Path(tmp)
+        urls: dict[str, str] = {}
+        for label in ("empty", "large"):
+            if args.backend == "sqlite":
+                urls[label] = f"sqlite+aiosqlite:///{work / label}.db"
+            else:
+                name = f"billing_bench_{label}_{uuid.uuid4().hex[:8]}"
+                asyncio.run(_pg(args.pg_admin_url, f'CREATE DATABASE "{name}"'))
+                base = args.pg_admin_url.rsplit("/", 1)[0]
+                urls[label] = f"{base.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+        try:
+            results = []
+            for label in ("empty", "large"):
+                r, transfers = _run(label, urls[label], work, args, pairs, label == "large")
+                results.append((r, transfers))
+        finally:
+            if args.backend == "postgresql":
+                for url in urls.values():
+                    name = url.rsplit("/", 1)[1]
+                    asyncio.run(
+                        _pg(args.pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    )
+    print(
+        f"\nbackend={args.backend} pairs={pairs} concurrency={args.concurrency} "
+        f"businesses={args.businesses}"
+    )
+    print(f"{'ledger':<8}{'transfers after':>16}{'pairs/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for r, transfers in results:
+        print(
+            f"{r.label:<8}{transfers:>16,}{r.throughput:>10.1f}{r.pct(50):>9.2f}{r.pct(99):>9.2f}"
+        )
+    (empty, _), (large, _) = results
+    print(
+        f"ratio large/empty: throughput {large.throughput / empty.throughput:.3f}, "
+        f"p50 {large.pct(50) / empty.pct(50):.3f}, p99 {large.pct(99) / empty.pct(99):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
