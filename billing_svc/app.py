@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from billing_svc.gate import WriteGate
 from billing_svc.rpc import BillingServicer
 from billing_svc.sweep import sweep_expired
 from bizmsg.billing.v1 import billing_pb2_grpc
@@ -21,13 +20,11 @@ async def build(runtime: Runtime) -> BillingServicer:
     )
     interval = settings.env_float("BIZMSG_BILLING_SWEEP_INTERVAL_SECONDS", 30.0)
 
-    gate = WriteGate(runtime.db)
-
     async def sweep() -> None:
-        await sweep_expired(runtime.db, runtime.clock, gate)
+        await sweep_expired(runtime.db, runtime.clock)
 
     runtime.every(interval, sweep, "billing-expiry-sweep")
-    return BillingServicer(runtime.db, runtime.clock, gate, timedelta(seconds=timeout))
+    return BillingServicer(runtime.db, runtime.clock, timedelta(seconds=timeout))
 
 
 DEFINITION = ServiceDefinition(

@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from billing_svc import accounts, charges, convert, inputs, pricing, rates, statements, store
-from billing_svc.gate import WriteGate
 from billing_svc.models import AccountRow, idempotency
 from bizmsg.billing.v1 import billing_pb2 as pb
 from bizmsg.billing.v1 import billing_pb2_grpc
@@ -53,21 +52,17 @@ def _can_read(p: Principal, row: AccountRow) -> bool:
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(
-        self, db: Database, clock: Clock, gate: WriteGate, authorization_timeout: timedelta
-    ) -> None:
+    def __init__(self, db: Database, clock: Clock, authorization_timeout: timedelta) -> None:
         self.db = db
         self.clock = clock
-        self.gate = gate
         self.idem = Idempotency(idempotency, clock)
         self.authorization_timeout = authorization_timeout
 
     async def _once(
         self, method: str, request: Any, response_type: type[R], work: Callable[[Any], Awaitable[R]]
     ) -> R:
-        """Run a mutating RPC exactly once per request_id (kit idempotency), gated on SQLite."""
-        async with self.gate():
-            return await self.idem.run(self.db, method, request, response_type, work)
+        """Run a mutating RPC exactly once per request_id (kit idempotency)."""
+        return await self.idem.run(self.db, method, request, response_type, work)
 
     # Accounts
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 
 from billing_svc import charges, store
-from billing_svc.gate import WriteGate
 from bizmsg.kit.clock import Clock
 from bizmsg.kit.storage import Database
 
@@ -15,7 +14,7 @@ log = logging.getLogger("billing.sweep")
 BATCH = 200
 
 
-async def sweep_expired(db: Database, clock: Clock, gate: WriteGate) -> int:
+async def sweep_expired(db: Database, clock: Clock) -> int:
     """Void every authorization past its timeout; returns how many were voided.
 
     One transaction per authorization: each locks its own wallet, so batching several
@@ -29,7 +28,7 @@ async def sweep_expired(db: Database, clock: Clock, gate: WriteGate) -> int:
         if not ids:
             break
         for authorization_id in ids:
-            async with gate(), db.write() as session:
+            async with db.write() as session:
                 if await charges.expire_one(session, now, authorization_id):
                     voided += 1
         if len(ids) < BATCH:

@@ -2,8 +2,10 @@
 
 SQLite (aiosqlite) is the embedded default: WAL, synchronous=NORMAL, a busy timeout, and
 write transactions opened with BEGIN IMMEDIATE so writers queue on the lock instead of
-failing on a read-to-write upgrade. PostgreSQL (asyncpg) when a URL says so. Each service
-owns one database and migrates it with its own Alembic scripts at start-up.
+failing on a read-to-write upgrade. Within one process, writers also queue on an asyncio
+lock first: SQLite's own busy handler polls with growing sleeps, which turns contention
+into long tails, while the lock hands over at once. PostgreSQL (asyncpg) when a URL says
+so. Each service owns one database and migrates it with its own Alembic scripts at start-up.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.types import DateTime, TypeDecorator
 
+from bizmsg.kit.errors import Unavailable
 from bizmsg.kit.timeutil import utc
 
 _WRITE = "bizmsg_write"
+# How long a writer waits for its turn on SQLite before the caller gets UNAVAILABLE.
+WRITE_QUEUE_TIMEOUT = 30.0
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -80,14 +85,27 @@ class Database:
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
             )
         self._writer = self.engine.execution_options(**{_WRITE: True})
+        self._write_queue = asyncio.Lock() if self.dialect == "sqlite" else None
         self._write_sessions = async_sessionmaker(self._writer, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """One read-write transaction: committed when the block ends, rolled back on error."""
-        async with self._transaction(self._write_sessions) as session:
-            yield session
+        if self._write_queue is None:
+            async with self._transaction(self._write_sessions) as session:
+                yield session
+            return
+        try:
+            async with asyncio.timeout(WRITE_QUEUE_TIMEOUT):
+                await self._write_queue.acquire()
+        except TimeoutError as e:
+            raise Unavailable("DATABASE_BUSY", "the database is busy; retry", retry_after=1) from e
+        try:
+            async with self._transaction(self._write_sessions) as session:
+                yield session
+        finally:
+            self._write_queue.release()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
