@@ -3,6 +3,8 @@ SQLite connections set to overwrite deleted content, the ledger and the servicer
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from typing import Any
 
@@ -15,6 +17,7 @@ from consent_svc import store
 from consent_svc.crypto import ReceiptSigner
 from consent_svc.ledger import Ledger
 from consent_svc.models import idempotency_keys
+from consent_svc.replay import PersonReplay
 from consent_svc.rpc import ConsentServicer
 
 
@@ -36,7 +39,13 @@ async def build(runtime: Runtime) -> ConsentServicer:
         db, runtime.clock, "receipt_ed25519", ReceiptSigner.generate
     )
     ledger = Ledger(db, runtime.clock, hash_secret, ReceiptSigner(signing_key))
-    return ConsentServicer(ledger, Idempotency(idempotency_keys, runtime.clock))
+    # A key of its own for replay MACs, derived so person hashes and replay keys never collide.
+    replay_key = hmac.new(hash_secret, b"person-replay", hashlib.sha256).digest()
+    return ConsentServicer(
+        ledger,
+        Idempotency(idempotency_keys, runtime.clock),
+        PersonReplay(replay_key, runtime.clock),
+    )
 
 
 DEFINITION = ServiceDefinition(

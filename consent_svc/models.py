@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bizmsg.kit.idempotency import idempotency_table
@@ -107,6 +107,19 @@ class ErasureAnswer(Base):
 
     __tablename__ = "erasure_answers"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
+    response: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class PersonAnswer(Base):
+    """Replay store for service:delivery's calls about a person (see replay.py): keyed by an HMAC
+    of (principal, method, request_id) and tagged with the person's hash, so erasure removes it."""
+
+    __tablename__ = "person_answers"
+    __table_args__ = (Index("ix_person_answers_person_hash", "person_hash"),)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    person_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
     response: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

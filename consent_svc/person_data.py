@@ -1,9 +1,10 @@
 """What the service holds on a person: listing, history, verification, export, erasure and the
 ad-personalisation preference.
 
-Erasure is crypto-shredding: the person's data key, their relations and their own stored replies
-are deleted, an ERASED event (empty payload) closes their chain, and the remaining events stay as
-ciphertext under a random history_id. The chain hashes the ciphertext, so it still verifies.
+Erasure is crypto-shredding: the person's data key, their relations, the replies stored for their
+own calls and for service:delivery's calls about them (replay.py) are deleted, an ERASED event
+(empty payload) closes their chain, and the remaining events stay as ciphertext under a random
+history_id. The chain hashes the ciphertext, so it still verifies.
 ErasePerson keeps its replay answers keyed by SHA-256(principal, request_id) rather than in the
 shared idempotency table, which would keep the erased person's principal in clear.
 """

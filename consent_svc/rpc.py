@@ -10,6 +10,7 @@ from bizmsg.kit.idempotency import Idempotency
 from bizmsg.kit.validation import PageToken, Validator, page_size
 from consent_svc import access, person_data, validation
 from consent_svc.ledger import Ledger, window_pb
+from consent_svc.replay import PersonReplay
 
 
 def _page(token: str, size: int, key: str, default: Any) -> tuple[Any, int]:
@@ -24,9 +25,12 @@ def _page(token: str, size: int, key: str, default: Any) -> tuple[Any, int]:
 
 
 class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
-    def __init__(self, ledger: Ledger, idempotency: Idempotency) -> None:
+    def __init__(self, ledger: Ledger, idempotency: Idempotency, replay: PersonReplay) -> None:
         self.ledger = ledger
+        # A person's own calls: the kit's table, keyed by their principal (erasure deletes by it).
         self.idem = idempotency
+        # service:delivery's calls about a person: keyed to the person's hash (see replay.py).
+        self.replay = replay
 
     async def GrantConsent(self, request: pb.GrantConsentRequest, context: Any) -> Any:
         validation.grant(request, self.ledger.clock.now())
@@ -92,10 +96,11 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     async def RecordUserMessage(self, request: pb.RecordUserMessageRequest, context: Any) -> Any:
         validation.user_message(request)
         access.delivery_only("record user messages")
-        return await self.idem.run(
+        return await self.replay.run(
             self.ledger.db,
             "RecordUserMessage",
             request,
+            self.ledger.person_hash(request.person_id),
             pb.RecordUserMessageResponse,
             lambda s: self.ledger.record_user_message(s, request),
         )
@@ -107,10 +112,11 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             request.request_id, request.person_id, request.business_id
         )
         access.delivery_only("record business replies")
-        return await self.idem.run(
+        return await self.replay.run(
             self.ledger.db,
             "RecordBusinessReply",
             request,
+            self.ledger.person_hash(request.person_id),
             pb.RecordBusinessReplyResponse,
             lambda s: self.ledger.record_business_reply(s, request),
         )

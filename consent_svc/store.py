@@ -15,6 +15,7 @@ from consent_svc.models import (
     History,
     HistoryEvent,
     Person,
+    PersonAnswer,
     Relation,
     ServiceKey,
     idempotency_keys,
@@ -73,10 +74,16 @@ async def events_page(
 
 
 async def delete_person_rows(s: AsyncSession, person_hash: str, principal: str) -> None:
-    """Every row that identifies the person: their key, relations and their own stored replies."""
+    """Every row that identifies the person: their key, their relations, the answers stored for
+    their own calls (kit table, by principal) and for delivery's calls about them (by hash)."""
     await s.execute(delete(Relation).where(Relation.person_hash == person_hash))
     await s.execute(delete(Person).where(Person.person_hash == person_hash))
     await s.execute(delete(idempotency_keys).where(idempotency_keys.c.principal == principal))
+    await s.execute(delete(PersonAnswer).where(PersonAnswer.person_hash == person_hash))
+
+
+async def person_answer(s: AsyncSession, key: str) -> PersonAnswer | None:
+    return await s.get(PersonAnswer, key)
 
 
 async def erasure_answer(s: AsyncSession, key: str) -> ErasureAnswer | None:

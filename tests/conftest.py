@@ -41,7 +41,7 @@ def postgres_available() -> bool:
         try:
             asyncio.run(_admin("SELECT 1"))
             _pg_ok = True
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        except (OSError, asyncpg.PostgresError, TimeoutError):
             _pg_ok = False
     return _pg_ok
 

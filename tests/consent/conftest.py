@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,12 +50,28 @@ def rid() -> str:
     return uuid.uuid4().hex
 
 
-@pytest.fixture
-def consent(database_url: str, clock: ManualClock) -> Iterator[Consent]:
+@contextmanager
+def serve(database_url: str, clock: ManualClock) -> Iterator[Consent]:
+    """One consent service instance on the given database."""
     with ServiceThread(DEFINITION, database_url=database_url, clock=clock) as thread:
         channel = grpc.insecure_channel(thread.target)
-        yield Consent(thread, consent_pb2_grpc.ConsentServiceStub(channel), clock, database_url)
-        channel.close()
+        try:
+            yield Consent(thread, consent_pb2_grpc.ConsentServiceStub(channel), clock, database_url)
+        finally:
+            channel.close()
+
+
+@pytest.fixture
+def consent(database_url: str, clock: ManualClock) -> Iterator[Consent]:
+    with serve(database_url, clock) as one:
+        yield one
+
+
+@pytest.fixture
+def replicas(database_url: str, clock: ManualClock) -> Iterator[tuple[Consent, Consent]]:
+    """Two instances of the service on one database, as replicas behind a load balancer."""
+    with serve(database_url, clock) as a, serve(database_url, clock) as b:
+        yield a, b
 
 
 def rpc_error(fn: Any, *args: Any) -> tuple[grpc.StatusCode, list[Any]]:
