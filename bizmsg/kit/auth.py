@@ -8,6 +8,7 @@ All services share the signing secret, so any of them can verify any token.
 from __future__ import annotations
 
 import contextvars
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -66,10 +67,15 @@ class TokenAuthority:
     ALGORITHM = "HS256"
     ISSUER = "bizmsg"
 
+    CACHE_SIZE = 10_000
+
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 32:
             raise ValueError("token secret must be at least 32 bytes")
         self._secret = secret
+        # token -> (principal, expiry): a caller sends the same token on every call, so the
+        # signature is checked once; the expiry is checked every time.
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def mint(
         self,
@@ -84,6 +90,18 @@ class TokenAuthority:
         return jwt.encode(claims, self._secret, algorithm=self.ALGORITHM)
 
     def verify(self, token: str) -> Principal:
+        hit = self._verified.get(token)
+        if hit is not None:
+            if time.time() < hit[1]:
+                return hit[0]
+            del self._verified[token]
+        principal, expiry = self._decode(token)
+        if len(self._verified) >= self.CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (principal, expiry)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(
                 token,
@@ -99,6 +117,6 @@ class TokenAuthority:
         except jwt.PyJWTError as e:
             raise Unauthenticated("TOKEN_MALFORMED", "the bearer token is malformed") from e
         try:
-            return Principal.parse(str(claims["sub"]))
+            return Principal.parse(str(claims["sub"])), float(claims["exp"])
         except ValueError as e:
             raise Unauthenticated("TOKEN_MALFORMED", "the token names no valid principal") from e

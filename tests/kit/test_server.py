@@ -107,3 +107,15 @@ def test_stream_errors_after_items(echo: grpc.Channel) -> None:
         d for d in errors.status_details(e.value) if isinstance(d, error_details_pb2.RetryInfo)
     ]
     assert retry[0].retry_delay.seconds == 2
+
+
+def test_cached_token_still_expires() -> None:
+    import time as _time
+
+    authority = TokenAuthority(TEST_SECRET.encode())
+    token = authority.mint("user:bob", ttl=timedelta(seconds=1))
+    assert str(authority.verify(token)) == "user:bob"
+    assert str(authority.verify(token)) == "user:bob"  # from the cache
+    _time.sleep(1.2)
+    with pytest.raises(errors.Unauthenticated):
+        authority.verify(token)
