@@ -40,6 +40,7 @@ async def build(runtime: Runtime) -> DeliveryServicer:
             per_target_per_minute=s.env_int("BIZMSG_DELIVERY_BUNDLE_LIMIT_PER_MINUTE", 60),
             per_requester_per_minute=s.env_int("BIZMSG_DELIVERY_BUNDLE_LIMIT_PER_REQUESTER", 1000),
         ),
+        notifier,
     )
     sending = Sending(
         db,

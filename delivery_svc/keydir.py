@@ -18,6 +18,8 @@ from bizmsg.kit.idempotency import Idempotency
 from bizmsg.kit.storage import Database
 from delivery_svc import store
 from delivery_svc.dependencies import Dependencies
+from delivery_svc.device_reset import fail_lost_messages
+from delivery_svc.notify import Notifier, status_key
 from delivery_svc.policy import (
     MAX_PRE_KEYS_PER_DEVICE,
     consent_reason,
@@ -48,7 +50,9 @@ class KeyDirectory:
         idem: Idempotency,
         deps: Dependencies,
         limits: BundleLimits,
+        notifier: Notifier,
     ) -> None:
+        self.notifier = notifier
         self.db = db
         self.clock = clock
         self.idem = idem
@@ -58,8 +62,11 @@ class KeyDirectory:
     async def publish(
         self, owner: Principal, request: delivery_pb2.PublishKeysRequest
     ) -> delivery_pb2.PublishKeysResponse:
+        changed: set[str] = set()
+
         async def work(s: AsyncSession) -> delivery_pb2.PublishKeysResponse:
-            await store.put_device(
+            now = self.clock.now()
+            replaced = await store.put_device(
                 s,
                 str(owner),
                 request.device_id,
@@ -67,8 +74,10 @@ class KeyDirectory:
                 request.signed_pre_key.public_key,
                 request.signed_pre_key.signature,
                 request.country_code,
-                self.clock.now(),
+                now,
             )
+            if replaced:
+                changed.update(await fail_lost_messages(s, str(owner), request.device_id, now))
             await store.add_pre_keys(s, str(owner), request.device_id, request.one_time_pre_keys)
             count = await store.count_pre_keys(s, str(owner), request.device_id)
             if count > MAX_PRE_KEYS_PER_DEVICE:
@@ -81,9 +90,12 @@ class KeyDirectory:
                 )
             return delivery_pb2.PublishKeysResponse(one_time_pre_key_count=count)
 
-        return await self.idem.run(
+        response = await self.idem.run(
             self.db, "PublishKeys", request, delivery_pb2.PublishKeysResponse, work
         )
+        for sender in changed:
+            self.notifier.notify(status_key(sender))
+        return response
 
     async def count(self, owner: Principal, device_id: str) -> int:
         async with self.db.read() as s:

@@ -58,7 +58,9 @@ class Mailbox:
         self, owner: Principal, device_id: str, follow: bool
     ) -> AsyncIterator[delivery_pb2.ReceiveMessagesResponse]:
         await self.require_device(owner, device_id)
-        sent: set[int] = set()
+        # Message ids, not envelope ids: SQLite reuses the rowid of a deleted (acked) last
+        # row, so a new envelope may carry the id of one this stream already sent.
+        sent: set[str] = set()
         with self.notifier.watch(mailbox_key(str(owner), device_id)) as event:
             while True:
                 event.clear()
@@ -66,9 +68,11 @@ class Mailbox:
                     rows = await store.mailbox(
                         s, str(owner), device_id, self.clock.now(), MAILBOX_BATCH
                     )
-                fresh = [(e, m) for e, m in rows if e.id not in sent]
+                waiting = {m.message_id for _, m in rows}
+                sent &= waiting  # acked ones are gone for good; keeps the set small
+                fresh = [(e, m) for e, m in rows if m.message_id not in sent]
                 for envelope, message in fresh:
-                    sent.add(envelope.id)
+                    sent.add(message.message_id)
                     yield _incoming(envelope, message)
                 if not fresh:
                     if not follow:

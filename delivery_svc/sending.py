@@ -2,6 +2,9 @@
 
 Order for a business: limits (read-only) -> CheckConsent -> AuthorizeCharge -> one write
 transaction (limits again, message, envelopes, ACCEPTED event, outbox, idempotency record).
+Limits count a message in the window of its arrival (read once, when the call starts), so
+a burst that arrives within one second is judged as one second however long the three
+calls take; that arrival time is also the message's send_time.
 Whatever fails after the authorization voids it, so a refusal leaves no pending charge.
 A person's message is never charged; consent records it first (opening the window).
 """
@@ -81,6 +84,7 @@ class Sending:
     async def send(
         self, request: delivery_pb2.SendMessageRequest, out: Outgoing
     ) -> delivery_pb2.SendMessageResponse:
+        arrival = self.clock.now()
         async with self.db.read() as s:
             stored = await self.idem.lookup(s, METHOD, request, delivery_pb2.SendMessageResponse)
             if stored is not None:
@@ -89,12 +93,12 @@ class Sending:
             country = await store.recipient_country(s, str(out.recipient))
         message_id = new_id()
         charge = (
-            await self._consent_and_charge(message_id, out, country)
+            await self._consent_and_charge(message_id, out, country, arrival)
             if out.business_sends
             else await self._record_user_message(message_id, out)
         )
         try:
-            response, duplicate = await self._store(request, out, message_id, charge)
+            response, duplicate = await self._store(request, out, message_id, charge, arrival)
         except BaseException:
             await self._void_quietly(message_id, charge)
             raise
@@ -117,7 +121,9 @@ class Sending:
                 resource_name=f"{out.recipient}/{missing[0]}",
             )
 
-    async def _consent_and_charge(self, message_id: str, out: Outgoing, country: str) -> _Charge:
+    async def _consent_and_charge(
+        self, message_id: str, out: Outgoing, country: str, arrival: datetime
+    ) -> _Charge:
         business_id, person_id = out.sender.id, out.recipient.id
         async with self.db.read() as s:
             # Refuse early, before anything is charged; checked again when storing.
@@ -127,7 +133,7 @@ class Sending:
                 business_id,
                 person_id,
                 common_pb2.WINDOW_KIND_UNSPECIFIED,
-                self.clock.now(),
+                arrival,
             )
         decision = await self.deps.check_consent(business_id, person_id, out.category)
         if not decision.allowed:
@@ -174,6 +180,7 @@ class Sending:
         out: Outgoing,
         message_id: str,
         charge: _Charge,
+        arrival: datetime,
     ) -> tuple[delivery_pb2.SendMessageResponse, bool]:
         for _ in range(3):
             try:
@@ -192,12 +199,12 @@ class Sending:
                             out.sender.id,
                             out.recipient.id,
                             charge.window_kind,
-                            now,
+                            arrival,
                         )
                         await limits.record(
-                            s, out.sender.id, out.recipient.id, charge.window_kind, now
+                            s, out.sender.id, out.recipient.id, charge.window_kind, arrival
                         )
-                    message = self._message(out, message_id, charge, now)
+                    message = self._message(out, message_id, charge, arrival)
                     s.add(message)
                     for device_id, ciphertext in out.envelopes:
                         s.add(

@@ -59,8 +59,9 @@ async def put_device(
     signature: bytes,
     country_code: str,
     now: datetime,
-) -> None:
-    """Create or update a device; a new identity key drops the old one-time prekeys."""
+) -> bool:
+    """Create or update a device; a new identity key drops the old one-time prekeys.
+    Returns True when an existing device got a new identity key."""
     device = await session.get(Device, (owner, device_id), with_for_update=True)
     if device is None:
         session.add(
@@ -75,8 +76,9 @@ async def put_device(
             )
         )
         await session.flush()
-        return
-    if device.identity_key != identity_key:
+        return False
+    replaced = device.identity_key != identity_key
+    if replaced:
         await session.execute(
             delete(OneTimePreKey).where(
                 OneTimePreKey.owner == owner, OneTimePreKey.device_id == device_id
@@ -89,6 +91,7 @@ async def put_device(
         device.country_code = country_code
     device.update_time = now
     await session.flush()
+    return replaced
 
 
 async def add_pre_keys(

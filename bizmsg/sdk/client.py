@@ -174,6 +174,10 @@ class Client:
     ) -> SendResult:
         """Encrypts for every device of `recipient` and sends one message.
 
+        `refresh_devices` fetches the recipient's bundles again: for devices added since,
+        and after a FAILED status with reason RECIPIENT_DEVICE_RESET (a device re-registered
+        with new keys; its session is started afresh).
+
         Retrying with the same request_id resends the very same ciphertext, so the server
         answers with the first result (one message, one charge)."""
         request_id = request_id or _new_request_id()
@@ -204,9 +208,16 @@ class Client:
     ) -> delivery_pb2.SendMessageRequest:
         devices = self.store.session_devices(recipient)
         bundles: dict[str, Bundle] = {}
+        restart: set[str] = set()
         if refresh_devices or not devices:
             bundles = self._fetch_bundles(recipient, category)
-            devices = sorted(set(devices) | set(bundles))
+            devices = sorted(bundles)
+            # A device that re-registered (new identity key) cannot read the old session.
+            restart = {
+                d
+                for d, b in bundles.items()
+                if self.crypto.session_identity(recipient, d) not in (None, b.identity_key)
+            }
         if not devices:
             raise NoDevicesError(f"{recipient} has published no keys")
         request = delivery_pb2.SendMessageRequest(
@@ -222,13 +233,15 @@ class Client:
         try:
             with self.store.transaction():
                 for device_id in devices:
+                    new_session = device_id in restart or not self.crypto.has_session(
+                        recipient, device_id
+                    )
                     ciphertext = self.crypto.encrypt(
                         recipient,
                         device_id,
                         plaintext,
-                        None
-                        if self.crypto.has_session(recipient, device_id)
-                        else bundles[device_id],
+                        bundles[device_id] if new_session else None,
+                        restart=device_id in restart,
                     )
                     request.envelopes.append(
                         delivery_pb2.DeviceEnvelope(device_id=device_id, ciphertext=ciphertext)

@@ -215,11 +215,23 @@ class DeviceCrypto:
     def has_session(self, peer: str, peer_device: str) -> bool:
         return self.store.get_session(peer, peer_device) is not None
 
-    def encrypt(
-        self, peer: str, peer_device: str, plaintext: bytes, bundle: Bundle | None = None
-    ) -> bytes:
-        """Ciphertext for one peer device; starts a session from `bundle` when there is none."""
+    def session_identity(self, peer: str, peer_device: str) -> bytes | None:
+        """The identity key the session with this peer device was made with, if any."""
         record = self.store.get_session(peer, peer_device)
+        return None if record is None else record.peer_identity_key
+
+    def encrypt(
+        self,
+        peer: str,
+        peer_device: str,
+        plaintext: bytes,
+        bundle: Bundle | None = None,
+        *,
+        restart: bool = False,
+    ) -> bytes:
+        """Ciphertext for one peer device; starts a session from `bundle` when there is none
+        (or, with `restart`, in place of the existing one)."""
+        record = None if restart else self.store.get_session(peer, peer_device)
         if record is None:
             if bundle is None:
                 raise NoSessionError(f"no session with {peer}/{peer_device} and no bundle")

@@ -36,7 +36,10 @@ class _MessageStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Message
     MESSAGE_STATUS_READ: _MessageStatus.ValueType  # 3
     """The recipient marked it read."""
     MESSAGE_STATUS_FAILED: _MessageStatus.ValueType  # 4
-    """It could not be delivered; the charge is voided."""
+    """It can never be delivered: the recipient device it was encrypted for re-registered with a new
+    identity key before acknowledging it (reason RECIPIENT_DEVICE_RESET); the ciphertext is deleted and
+    the charge voided.
+    """
     MESSAGE_STATUS_EXPIRED: _MessageStatus.ValueType  # 5
     """Its TTL passed undelivered; the charge is voided and the ciphertext deleted."""
 
@@ -53,7 +56,10 @@ MESSAGE_STATUS_DELIVERED: MessageStatus.ValueType  # 2
 MESSAGE_STATUS_READ: MessageStatus.ValueType  # 3
 """The recipient marked it read."""
 MESSAGE_STATUS_FAILED: MessageStatus.ValueType  # 4
-"""It could not be delivered; the charge is voided."""
+"""It can never be delivered: the recipient device it was encrypted for re-registered with a new
+identity key before acknowledging it (reason RECIPIENT_DEVICE_RESET); the ciphertext is deleted and
+the charge voided.
+"""
 MESSAGE_STATUS_EXPIRED: MessageStatus.ValueType  # 5
 """Its TTL passed undelivered; the charge is voided and the ciphertext deleted."""
 Global___MessageStatus: _TypeAlias = MessageStatus  # noqa: Y015
@@ -75,6 +81,8 @@ class _MessagingTierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Messagi
     """100,000 unique people per 24 hours."""
     MESSAGING_TIER_UNLIMITED: _MessagingTier.ValueType  # 5
     """No limit."""
+    MESSAGING_TIER_50: _MessagingTier.ValueType  # 6
+    """50 unique people per 24 hours: a business not yet verified, below the first tier."""
 
 class MessagingTier(_MessagingTier, metaclass=_MessagingTierEnumTypeWrapper):
     """How many people a business may start conversations with per 24 hours outside a window."""
@@ -90,6 +98,8 @@ MESSAGING_TIER_100K: MessagingTier.ValueType  # 4
 """100,000 unique people per 24 hours."""
 MESSAGING_TIER_UNLIMITED: MessagingTier.ValueType  # 5
 """No limit."""
+MESSAGING_TIER_50: MessagingTier.ValueType  # 6
+"""50 unique people per 24 hours: a business not yet verified, below the first tier."""
 Global___MessagingTier: _TypeAlias = MessagingTier  # noqa: Y015
 
 @_typing.final
@@ -120,9 +130,10 @@ Global___SignedPreKey: _TypeAlias = SignedPreKey  # noqa: Y015
 
 @_typing.final
 class PublishKeysRequest(_message.Message):
-    """PublishKeysRequest publishes one device's keys. A new identity key replaces the device's keys entirely
-    (its old one-time prekeys are dropped); the same identity key adds one-time prekeys and may rotate the
-    signed prekey.
+    """PublishKeysRequest publishes one device's keys. A new identity key replaces the device's keys entirely:
+    its old one-time prekeys are dropped, and so are the envelopes waiting for it (no session can decrypt
+    them any more; a message left with none becomes FAILED). The same identity key adds one-time prekeys
+    and may rotate the signed prekey.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -686,7 +697,7 @@ class StreamStatusesResponse(_message.Message):
     status: Global___MessageStatus.ValueType
     """The new status."""
     reason: _builtins.str
-    """Why, for FAILED (e.g. "BILLING_CAPTURE_REJECTED"); empty otherwise."""
+    """Why, for FAILED (e.g. "RECIPIENT_DEVICE_RESET"); empty otherwise."""
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When the status changed."""
