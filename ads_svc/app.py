@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from ads_svc.clicks import Clicks
+from ads_svc.confirmations import Confirmations
 from ads_svc.models import IDEMPOTENCY
 from ads_svc.partners import Billing, Consent
 from ads_svc.rpc import AdsServicer
@@ -23,14 +24,28 @@ async def build(runtime: Runtime) -> AdsServicer:
     billing = Billing(runtime.channel("billing"))
     # Pacing's coin only; nothing secret depends on it.
     rng = random.Random()
-    server = Server(runtime.db, runtime.clock, idem, consent, billing, settings, rng)
-    clicks = Clicks(runtime.db, runtime.clock, idem, billing)
-    settlement = Settlement(runtime.db, runtime.clock, billing, settings.settle_after_seconds)
+    db = runtime.db
+    confirmations = Confirmations(db)
+    server = Server(db, runtime.clock, idem, consent, billing, settings, rng, confirmations)
+    clicks = Clicks(db, runtime.clock, idem, billing, settings.unfunded_backoff_seconds)
+    settlement = Settlement(
+        db,
+        runtime.clock,
+        billing,
+        settings.settle_after_seconds,
+        settings.unfunded_backoff_seconds,
+    )
 
     async def settle() -> None:
         await settlement.run_once()
 
+    async def confirm() -> None:
+        await confirmations.flush()
+
+    runtime.every(settings.confirm_interval_seconds, confirm, "ads-confirmations")
     runtime.every(settings.settle_interval_seconds, settle, "ads-settlement")
+    # Jobs stop before shutdown hooks run: write the last noted charges then.
+    runtime.on_shutdown(confirm)
     return AdsServicer(runtime.db, runtime.clock, idem, settings, server, clicks, billing)
 
 

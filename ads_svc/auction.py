@@ -51,8 +51,14 @@ class Bidder:
 @dataclass(frozen=True)
 class Ranked:
     bidder: Bidder
-    ctr: Fraction
-    score: Fraction
+
+    @property
+    def ctr(self) -> Fraction:
+        return ctr_estimate(self.bidder.impressions, self.bidder.clicks)
+
+    @property
+    def score(self) -> Fraction:
+        return score(self.bidder)
 
 
 @dataclass(frozen=True)
@@ -78,15 +84,47 @@ def _tiebreak(seed: str, campaign_id: str) -> bytes:
     return hashlib.sha256(f"{seed}|{campaign_id}".encode()).digest()
 
 
+def _reaches(b: Bidder, reserve_micros: int) -> bool:
+    """score(b) >= reserve, in integers."""
+    if b.kind is BidKind.CPM:
+        return b.bid_micros >= reserve_micros
+    return b.bid_micros * (b.clicks + PRIOR_CLICKS) * MILLE >= reserve_micros * (
+        b.impressions + PRIOR_IMPRESSIONS
+    )
+
+
+def _rounded_score(b: Bidder) -> float:
+    """score(b) correctly rounded to a float (int / int is), so a < b implies
+    float(a) <= float(b): sorting by it is exact except among equal floats."""
+    if b.kind is BidKind.CPM:
+        return float(b.bid_micros)
+    return b.bid_micros * (b.clicks + PRIOR_CLICKS) * MILLE / (b.impressions + PRIOR_IMPRESSIONS)
+
+
 def rank(bidders: Sequence[Bidder], reserve_micros: int, seed: str) -> list[Ranked]:
-    """The bidders that reach the reserve, best first."""
-    ranked = [
-        Ranked(b, ctr_estimate(b.impressions, b.clicks), score(b))
-        for b in bidders
-        if score(b) >= reserve_micros
-    ]
-    ranked.sort(key=lambda r: (-r.score, _tiebreak(seed, r.bidder.campaign_id)))
-    return ranked
+    """The bidders that reach the reserve, best first.
+
+    The order is that of (-score, tie-break) on exact rationals; it is computed on floats
+    first (cheap) and made exact within each run of equal floats, the only place a float
+    order can differ from the exact one.
+    """
+    scored = sorted(
+        ((_rounded_score(b), b) for b in bidders if _reaches(b, reserve_micros)),
+        key=lambda fb: fb[0],
+        reverse=True,
+    )
+    out: list[Ranked] = []
+    i = 0
+    while i < len(scored):
+        j = i + 1
+        while j < len(scored) and scored[j][0] == scored[i][0]:
+            j += 1
+        run = [b for _, b in scored[i:j]]
+        if len(run) > 1:
+            run.sort(key=lambda b: (-score(b), _tiebreak(seed, b.campaign_id)))
+        out.extend(Ranked(b) for b in run)
+        i = j
+    return out
 
 
 def price(ranked: Sequence[Ranked], position: int, reserve_micros: int) -> Price:

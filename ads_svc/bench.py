@@ -4,11 +4,16 @@
 
 Consent, billing and ads run in-process (each on its own event loop and thread) on SQLite
 files in a temporary directory, or on PostgreSQL with --postgres URL (a server URL whose
-databases this creates). Campaigns are seeded in bulk with SQL. Each ServeAd is the full
-path: consent GetAdPreferences, the candidate query, the auction, the budget reservation
-and billing ChargeAdEvent. Requests ask for country DE, language de; the 10,000 campaigns
-are spread over 50 countries, so a request matches about 200 of them through the
-campaign_targets index (never the whole table).
+databases this creates). Campaigns are seeded in bulk with SQL. Each ServeAd is the whole
+path: the replay check and the candidate query (one read transaction), the auction, the
+budget reservation with the impression and the stored response (one write transaction),
+and billing's ChargeAdEvent for the impression's price. A third of the campaigns bid CPC,
+a little under the CPM ones, so CPM wins and every fill is charged (a CPC impression would
+be free, charged only at the click). No seeded campaign targets interests, so ServeAd does
+not ask consent for the person's preference (it asks only when some candidate needs it).
+"charged" counts the served ads that went through billing. Requests ask for country DE,
+language de; the 10,000 campaigns are spread over 50 countries, so a request matches about
+200 of them through the campaign_targets index (never the whole table).
 """
 
 from __future__ import annotations
@@ -105,7 +110,9 @@ async def seed(url: str, count: int, account_id: str) -> None:
                 "languages": json.dumps(LANGUAGES),
                 "interests": "[]",
                 "bid_type": ads_pb2.BID_TYPE_CPC if cpc else ads_pb2.BID_TYPE_CPM,
-                "bid_micros": (50_000 + 1000 * (i % 97)) if cpc else 1_000_000 + 1000 * (i % 89),
+                # CPC bids score 0.80-0.99 per mille at the 2 % prior CTR, under every CPM
+                # bid: CPM wins, so every fill takes the whole path through billing.
+                "bid_micros": (40_000 + 100 * (i % 97)) if cpc else 1_000_000 + 1000 * (i % 89),
                 "currency_code": "EUR",
                 "daily_budget_micros": 10**13,
                 "lifetime_budget_micros": 10**14,
@@ -135,15 +142,16 @@ async def seed(url: str, count: int, account_id: str) -> None:
     await db.dispose()
 
 
-async def load(target: str, seconds: float, concurrency: int) -> tuple[list[float], int]:
+async def load(target: str, seconds: float, concurrency: int) -> tuple[list[float], int, int]:
     latencies: list[float] = []
     fills = 0
+    charged = 0
     stop = time.perf_counter() + seconds
     async with grpc.aio.insecure_channel(target) as ch:
         stub = ads_pb2_grpc.AdsServiceStub(ch)
 
         async def worker(w: int) -> None:
-            nonlocal fills
+            nonlocal fills, charged
             n = 0
             person = f"p{w}"
             md = metadata_for(f"user:{person}")
@@ -159,9 +167,10 @@ async def load(target: str, seconds: float, concurrency: int) -> tuple[list[floa
                 resp = await stub.ServeAd(req, metadata=md, timeout=30)
                 latencies.append(time.perf_counter() - t0)
                 fills += resp.HasField("ad")
+                charged += resp.ad.price.amount_micros > 0
 
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    return latencies, fills
+    return latencies, fills, charged
 
 
 def run_one(size: int, seconds: float, concurrency: int, postgres: str | None) -> dict[str, Any]:
@@ -190,7 +199,7 @@ def run_one(size: int, seconds: float, concurrency: int, postgres: str | None) -
                 seeded = time.perf_counter() - t0
                 asyncio.run(load(ads.target, 1.0, concurrency))  # warm-up
                 t0 = time.perf_counter()
-                lat, fills = asyncio.run(load(ads.target, seconds, concurrency))
+                lat, fills, charged = asyncio.run(load(ads.target, seconds, concurrency))
                 elapsed = time.perf_counter() - t0
     q = statistics.quantiles(lat, n=100)
     return {
@@ -199,6 +208,7 @@ def run_one(size: int, seconds: float, concurrency: int, postgres: str | None) -
         "seed_seconds": round(seeded, 2),
         "requests": len(lat),
         "filled": fills,
+        "charged": charged,
         "throughput_rps": round(len(lat) / elapsed, 1),
         "p50_ms": round(q[49] * 1000, 2),
         "p99_ms": round(q[98] * 1000, 2),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
@@ -54,6 +55,8 @@ class Clicks:
     clock: Clock
     idem: Idempotency
     billing: Billing
+    # After billing refused a click's charge, the campaign is skipped for this long.
+    unfunded_backoff_seconds: float
 
     async def record(
         self, who: Principal, request: ads_pb2.RecordClickRequest
@@ -72,17 +75,19 @@ class Clicks:
         else:
             raise FailedPrecondition("CLICK_CONFLICT", "the impression is being clicked; retry")
         if fresh and click.state == PENDING:
-            await settle_click(self.db, self.billing, click)
-        async with self.db.read() as session:
-            final = await store.get_click(session, click.id)
-        assert final is not None
-        response = click_response(final)
+            charge = await settle_click(self.db, self.billing, click, self._backoff())
+            if charge is Charge.REFUSED:
+                click.price_micros = 0  # as settle_click stored it: the click is free
+        response = click_response(click)
         try:
             async with self.db.write() as session:
                 await self.idem.save(session, METHOD, request, response)
         except IntegrityError:
             pass  # a concurrent retry with this request_id stored the same click
         return response
+
+    def _backoff(self) -> datetime:
+        return self.clock.now() + timedelta(seconds=self.unfunded_backoff_seconds)
 
     async def _insert(self, who: Principal, impression_id: str) -> tuple[ClickRow, bool]:
         """The impression's click, made now (True) or found (False)."""
@@ -118,7 +123,6 @@ class Clicks:
                     room=price,
                     today=today,
                     clicks=1,
-                    active_only=False,
                 )
                 state = PENDING if reserved else UNCHARGED
                 if not reserved:
@@ -166,22 +170,26 @@ class Clicks:
         return click_to_proto(click)
 
 
-async def settle_click(db: Database, billing: Billing, click: ClickRow) -> bool:
-    """Charge a pending click; a refusal gives the budget back and leaves the click free.
-    Returns whether the click reached a final state."""
+async def settle_click(
+    db: Database, billing: Billing, click: ClickRow, unfunded_until: datetime
+) -> Charge:
+    """Charge a pending click. A refusal gives the budget back, leaves the click free and
+    skips the campaign until `unfunded_until` (its advertiser cannot pay). UNKNOWN leaves
+    the click PENDING for the settlement job, which retries with the same request_id."""
     charge = await billing.charge(
         click.id, click.campaign_id, click.account_id, True, click.price_micros, click.currency_code
     )
     if charge is Charge.UNKNOWN:
-        return False  # stays PENDING; the settlement job retries with the same id
+        return charge
     async with db.write() as session:
         if charge is Charge.POSTED:
             await store.settle_click(session, click.id, CHARGED)
-            return True
+            return charge
         # Only the one that moves it out of PENDING gives the budget back.
         if await store.settle_click(session, click.id, UNCHARGED, price_micros=0):
             await store.release(
                 session, click.campaign_id, amount=click.price_micros, day=click.day
             )
             await store.add_stats(session, click.campaign_id, click.day, spend=-click.price_micros)
-    return True
+        await store.set_unfunded(session, click.campaign_id, unfunded_until)
+    return charge

@@ -9,6 +9,7 @@ from typing import Any
 from ads_svc.campaign_rules import bid_kind
 from ads_svc.eligibility import Candidate
 from ads_svc.models import CampaignRow
+from ads_svc.store import AnyRow
 from bizmsg.ads.v1 import ads_pb2
 from bizmsg.common.v1 import common_pb2
 from bizmsg.kit.timeutil import from_timestamp, to_timestamp
@@ -83,22 +84,14 @@ def campaign_values(c: ads_pb2.Campaign) -> dict[str, Any]:
     }
 
 
-def candidate(r: CampaignRow) -> Candidate:
+def candidate(r: AnyRow) -> Candidate:
+    """A candidate from a store.CANDIDATE_COLUMNS row (same field order as Candidate)."""
+    campaign_id, bid_type, bid_micros, interests, *rest = r
     return Candidate(
-        campaign_id=r.id,
-        kind=bid_kind(r.bid_type),
-        bid_micros=r.bid_micros,
-        interests=frozenset(json.loads(r.interests)),
-        cap_max_impressions=r.cap_max_impressions,
-        cap_period_days=r.cap_period_days,
-        daily_budget_micros=r.daily_budget_micros,
-        lifetime_budget_micros=r.lifetime_budget_micros,
-        spend_micros=r.spend_micros,
-        spend_day=r.spend_day,
-        spend_day_micros=r.spend_day_micros,
-        start_time=r.start_time,
-        end_time=r.end_time,
-        unfunded_until=r.unfunded_until,
-        impressions=r.impressions,
-        clicks=r.clicks,
+        campaign_id,
+        bid_kind(bid_type),
+        bid_micros,
+        # Most campaigns target no interests: skip parsing their empty list.
+        frozenset(json.loads(interests)) if interests != "[]" else frozenset(),
+        *rest,
     )

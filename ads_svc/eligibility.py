@@ -10,6 +10,7 @@ import enum
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from ads_svc import pacing
 from ads_svc.auction import BidKind, max_event_micros
@@ -26,8 +27,10 @@ class NoFill(enum.Enum):
     BELOW_RESERVE = "BELOW_RESERVE"
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """One matching campaign as eligibility and the auction see it (a tuple: one serve
+    builds hundreds of them)."""
+
     campaign_id: str
     kind: BidKind
     bid_micros: int
@@ -92,6 +95,15 @@ def spent_today(c: Candidate, today: str) -> int:
     return c.spend_day_micros if c.spend_day == today else 0
 
 
+def paced_in(c: Candidate, today: str, now: datetime, draw: Callable[[], float]) -> bool:
+    """Pacing's coin for one campaign."""
+    spent = spent_today(c, today)
+    if spent == 0 and c.daily_budget_micros > 0:
+        return True  # nothing spent today: at or behind the line, p = 1 (no coin needed)
+    p = pacing.serve_probability(c.daily_budget_micros, spent, now, c.start_time, c.end_time)
+    return draw() < p
+
+
 def eligible(
     candidates: Sequence[Candidate],
     who: Audience,
@@ -108,15 +120,7 @@ def eligible(
         (NoFill.NO_MATCHING_CAMPAIGN, lambda c: matches_interests(c, who)),
         (NoFill.FREQUENCY_CAPPED, lambda c: not capped(c, recent.get(c.campaign_id, ()), now)),
         (NoFill.BUDGET_EXHAUSTED, lambda c: has_budget(c, today)),
-        (
-            NoFill.PACED,
-            lambda c: (
-                draw()
-                < pacing.serve_probability(
-                    c.daily_budget_micros, spent_today(c, today), now, c.start_time, c.end_time
-                )
-            ),
-        ),
+        (NoFill.PACED, lambda c: paced_in(c, today, now, draw)),
         (
             NoFill.ADVERTISER_CANNOT_PAY,
             lambda c: c.unfunded_until is None or c.unfunded_until <= now,

@@ -123,14 +123,3 @@ class Billing:
                     )
                 ]
             )
-
-    async def can_pay(self, account_id: str, micros: int) -> bool | None:
-        """Whether the account has `micros` available; None when billing cannot say."""
-        try:
-            resp = await self._stub.GetAccount(billing_pb2.GetAccountRequest(account_id=account_id))
-        except grpc.aio.AioRpcError as e:
-            if e.code() in _REFUSALS:
-                return False
-            return None
-        available: int = resp.account.available.amount_micros
-        return available >= micros

@@ -1,30 +1,48 @@
 """ServeAd: gather candidates, filter, run the auction, reserve the budget, charge.
 
-Budget reservation happens in the database (store.reserve, a conditional UPDATE) before
-billing is asked, so budgets hold across concurrent serves and replicas; a refused
-charge gives the reservation back and the next-ranked bidder gets its chance.
+The hot path is one read transaction (replay check, candidates, the person's recent
+impressions when a cap needs them), the consent call only when some candidate targets
+interests, one write transaction (cap re-count, budget reservation, the impression, the
+day's stats and the stored response), and billing's ChargeAdEvent when the impression has a
+price. Budget reservation happens in the database (store.reserve_impression, a conditional
+UPDATE) before billing is asked, so budgets hold across concurrent serves and replicas.
+
+Billing's answer decides what follows:
+- posted: the impression is noted for the batched PENDING -> CHARGED update;
+- refused (the advertiser cannot pay): the reservation and the stored response are undone,
+  the campaign is skipped for a while, and the next-ranked bidder gets its chance;
+- no answer (billing down or slow): the ad is served anyway. Its impression stays PENDING,
+  an outbox row in effect, and the settlement job charges it with the same request_id once
+  billing is back, so the charge lands exactly once and nothing is lost.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
 from ads_svc import auction, eligibility, pacing, store
+from ads_svc.confirmations import Confirmations
 from ads_svc.convert import candidate, money
-from ads_svc.eligibility import NoFill
-from ads_svc.models import CHARGED, FAILED, PENDING, CampaignRow, ImpressionRow
-from ads_svc.partners import Billing, Charge, Consent
+from ads_svc.eligibility import Candidate, NoFill
+from ads_svc.models import CHARGED, FAILED, IDEMPOTENCY, PENDING
+from ads_svc.partners import Billing, Charge, Consent, Preferences
 from ads_svc.settings import AdsSettings
+from ads_svc.store import AnyRow
 from bizmsg.ads.v1 import ads_pb2
+from bizmsg.kit.auth import current_principal
 from bizmsg.kit.clock import Clock
-from bizmsg.kit.errors import Unavailable
+from bizmsg.kit.errors import Aborted
 from bizmsg.kit.idempotency import Idempotency
 from bizmsg.kit.ids import new_id
 from bizmsg.kit.storage import Database
+
+log = logging.getLogger("ads_svc.serving")
 
 METHOD = "ServeAd"
 
@@ -36,6 +54,32 @@ NO_FILL_REASONS = {
     NoFill.ADVERTISER_CANNOT_PAY: ads_pb2.NO_FILL_REASON_ADVERTISER_CANNOT_PAY,
     NoFill.BELOW_RESERVE: ads_pb2.NO_FILL_REASON_BELOW_RESERVE,
 }
+
+_NOT_PERSONALISED = Preferences(False, ())
+
+
+class _Replayed(Exception):
+    """A concurrent call with the same request_id answered first."""
+
+    def __init__(self, response: ads_pb2.ServeAdResponse) -> None:
+        self.response = response
+
+
+def _ad(impression_id: str, c: Candidate, row: AnyRow, price: auction.Price) -> ads_pb2.Ad:
+    return ads_pb2.Ad(
+        impression_id=impression_id,
+        campaign_id=c.campaign_id,
+        business_id=row.business_id,
+        creative=ads_pb2.Creative(
+            headline=row.headline,
+            body=row.body,
+            media_uri=row.media_uri,
+            call_to_action=row.call_to_action,
+        ),
+        bid_type=row.bid_type,
+        price=money(price.impression_micros, row.currency_code),
+        click_price=money(price.click_micros, row.currency_code),
+    )
 
 
 @dataclass
@@ -49,19 +93,14 @@ class Server:
     billing: Billing
     settings: AdsSettings
     rng: random.Random
+    confirmations: Confirmations
 
     async def serve(self, request: ads_pb2.ServeAdRequest) -> ads_pb2.ServeAdResponse:
-        async with self.db.read() as session:
-            stored = await self.idem.lookup(session, METHOD, request, ads_pb2.ServeAdResponse)
-        if stored is not None:
-            return stored
-
-        prefs = await self.consent.ad_preferences(request.person_id)
-        who = eligibility.audience(
-            prefs.personalised, prefs.interests, list(request.context.interests)
-        )
         now = self.clock.now()
         async with self.db.read() as session:
+            stored = await self.idem.lookup(session, METHOD, request, ads_pb2.ServeAdResponse)
+            if stored is not None:
+                return stored
             rows = await store.candidates(
                 session,
                 request.context.country,
@@ -69,15 +108,27 @@ class Server:
                 now,
                 self.settings.candidate_limit,
             )
-            capped = [r for r in rows if r.cap_max_impressions > 0]
-            longest = max((r.cap_period_days for r in capped), default=0)
-            recent = await store.recent_impressions(
-                session, request.person_id, [r.id for r in capped], now - timedelta(days=longest)
-            )
-        by_id = {r.id: r for r in rows}
-        passed, reason = eligibility.eligible(
-            [candidate(r) for r in rows], who, recent, now, self.rng.random
+            cands = [candidate(r) for r in rows]
+            capped = [c for c in cands if c.cap_max_impressions > 0]
+            recent: dict[str, list[Any]] = {}
+            if capped:
+                longest = max(c.cap_period_days for c in capped)
+                recent = await store.recent_impressions(
+                    session,
+                    request.person_id,
+                    [c.campaign_id for c in capped],
+                    now - timedelta(days=longest),
+                )
+        # The preference only matters to campaigns that target interests: ask consent
+        # only then (and never for a person's on-device interests alone).
+        prefs = _NOT_PERSONALISED
+        if any(c.interests for c in cands):
+            prefs = await self.consent.ad_preferences(request.person_id)
+        who = eligibility.audience(
+            prefs.personalised, prefs.interests, list(request.context.interests)
         )
+        passed, reason = eligibility.eligible(cands, who, recent, now, self.rng.random)
+        by_id = {c.campaign_id: c for c in passed}
         ranked = auction.rank(
             [
                 auction.Bidder(c.campaign_id, c.kind, c.bid_micros, c.impressions, c.clicks)
@@ -86,141 +137,140 @@ class Server:
             self.settings.reserve_micros,
             seed=f"{request.person_id}|{request.request_id}",
         )
-        for position, bidder in enumerate(ranked):
-            price = auction.price(ranked, position, self.settings.reserve_micros)
-            outcome = await self._try(request, by_id[bidder.bidder.campaign_id], price)
-            if isinstance(outcome, ads_pb2.ServeAdResponse):
-                return outcome
-            reason = outcome
-        return await self._no_fill(request, reason)
+        try:
+            for position, bidder in enumerate(ranked):
+                price = auction.price(ranked, position, self.settings.reserve_micros)
+                outcome = await self._try(request, by_id[bidder.bidder.campaign_id], price)
+                if isinstance(outcome, ads_pb2.ServeAdResponse):
+                    return outcome
+                reason = outcome
+            return await self._no_fill(request, reason)
+        except _Replayed as replay:
+            return replay.response
+
+    async def _replay(self, request: ads_pb2.ServeAdRequest) -> _Replayed:
+        async with self.db.read() as session:
+            stored = await self.idem.lookup(session, METHOD, request, ads_pb2.ServeAdResponse)
+        if stored is None:
+            raise Aborted("CONCURRENT_REQUEST", "a call with this request_id is in progress; retry")
+        return _Replayed(stored)
 
     async def _no_fill(
         self, request: ads_pb2.ServeAdRequest, reason: NoFill
     ) -> ads_pb2.ServeAdResponse:
         response = ads_pb2.ServeAdResponse(no_fill=ads_pb2.NoFill(reason=NO_FILL_REASONS[reason]))
-        return await self._save(request, response)
-
-    async def _save(
-        self, request: ads_pb2.ServeAdRequest, response: ads_pb2.ServeAdResponse
-    ) -> ads_pb2.ServeAdResponse:
         try:
             async with self.db.write() as session:
                 await self.idem.save(session, METHOD, request, response)
         except IntegrityError:
-            # A concurrent retry with the same request_id answered first: give its answer.
-            async with self.db.read() as session:
-                stored = await self.idem.lookup(session, METHOD, request, type(response))
-            if stored is not None:
-                return stored
+            raise await self._replay(request) from None
         return response
 
     async def _try(
-        self, request: ads_pb2.ServeAdRequest, c: CampaignRow, price: auction.Price
+        self, request: ads_pb2.ServeAdRequest, c: Candidate, price: auction.Price
     ) -> ads_pb2.ServeAdResponse | NoFill:
         """Serve campaign `c` at `price`, or say why it could not be served after all."""
         now = self.clock.now()
         today = pacing.day_key(now)
-        # CPC: the impression is free, so ask billing up front whether a click could be paid.
-        if (
-            price.click_micros > 0
-            and await self.billing.can_pay(c.account_id, price.click_micros) is False
-        ):
-            await self._mark_unfunded(c.id)
-            return NoFill.ADVERTISER_CANNOT_PAY
         impression_id = new_id()
-        ad = ads_pb2.Ad(
-            impression_id=impression_id,
-            campaign_id=c.id,
-            business_id=c.business_id,
-            creative=ads_pb2.Creative(
-                headline=c.headline,
-                body=c.body,
-                media_uri=c.media_uri,
-                call_to_action=c.call_to_action,  # type: ignore[arg-type]
-            ),
-            bid_type=c.bid_type,  # type: ignore[arg-type]
-            price=money(price.impression_micros, c.currency_code),
-            click_price=money(price.click_micros, c.currency_code),
-        )
-        response = ads_pb2.ServeAdResponse(ad=ad)
         owed = price.impression_micros > 0
-        async with self.db.write() as session:
-            if c.cap_max_impressions > 0:
-                # Re-count under the person's lock: concurrent serves cannot both pass the cap.
-                await store.lock_person(session, request.person_id)
-                seen = await store.count_recent(
-                    session, request.person_id, c.id, now - timedelta(days=c.cap_period_days)
+        try:
+            async with self.db.write() as session:
+                if c.cap_max_impressions > 0:
+                    # Re-count under the person's lock: concurrent serves cannot both pass.
+                    await store.lock_person(session, request.person_id)
+                    seen = await store.count_recent(
+                        session,
+                        request.person_id,
+                        c.campaign_id,
+                        now - timedelta(days=c.cap_period_days),
+                    )
+                    if seen >= c.cap_max_impressions:
+                        return NoFill.FREQUENCY_CAPPED
+                row = await store.reserve_impression(
+                    session,
+                    c.campaign_id,
+                    amount=price.impression_micros,
+                    room=max(price.impression_micros, price.click_micros),
+                    today=today,
                 )
-                if seen >= c.cap_max_impressions:
-                    return NoFill.FREQUENCY_CAPPED
-            reserved = await store.reserve(
-                session,
-                c.id,
-                amount=price.impression_micros,
-                room=max(price.impression_micros, price.click_micros),
-                today=today,
-                impressions=1,
-            )
-            if not reserved:
-                return NoFill.BUDGET_EXHAUSTED
-            session.add(
-                ImpressionRow(
-                    id=impression_id,
-                    campaign_id=c.id,
-                    account_id=c.account_id,
-                    person_id=request.person_id,
-                    business_id=c.business_id,
-                    placement=int(request.placement),
-                    serve_time=now,
-                    day=today,
-                    price_micros=price.impression_micros,
-                    click_price_micros=price.click_micros,
-                    currency_code=c.currency_code,
-                    state=PENDING if owed else CHARGED,
+                if row is None:
+                    return NoFill.BUDGET_EXHAUSTED
+                await store.add_impression(
+                    session,
+                    {
+                        "id": impression_id,
+                        "campaign_id": c.campaign_id,
+                        "account_id": row.account_id,
+                        "person_id": request.person_id,
+                        "business_id": row.business_id,
+                        "placement": int(request.placement),
+                        "serve_time": now,
+                        "day": today,
+                        "price_micros": price.impression_micros,
+                        "click_price_micros": price.click_micros,
+                        "currency_code": row.currency_code,
+                        "state": PENDING if owed else CHARGED,
+                    },
                 )
-            )
-            await store.add_stats(
-                session, c.id, today, impressions=1, spend=price.impression_micros
-            )
-            if not owed:
+                await store.add_stats(
+                    session, c.campaign_id, today, impressions=1, spend=price.impression_micros
+                )
+                response = ads_pb2.ServeAdResponse(ad=_ad(impression_id, c, row, price))
+                # Stored with the reservation, so a retry (also after a crash, or after
+                # billing did not answer) gets this very ad and its one pending charge.
                 await self.idem.save(session, METHOD, request, response)
+        except IntegrityError:
+            # A concurrent call with this request_id committed first: nothing of ours stands.
+            raise await self._replay(request) from None
         if not owed:
             return response
 
         charge = await self.billing.charge(
-            impression_id, c.id, c.account_id, False, price.impression_micros, c.currency_code
+            impression_id,
+            c.campaign_id,
+            row.account_id,
+            False,
+            price.impression_micros,
+            row.currency_code,
         )
         if charge is Charge.POSTED:
-            try:
-                async with self.db.write() as session:
-                    await store.settle_impression(session, impression_id, CHARGED)
-                    await self.idem.save(session, METHOD, request, response)
-            except IntegrityError:
-                # A concurrent retry with this request_id answered first: mark, then replay.
-                async with self.db.write() as session:
-                    await store.settle_impression(session, impression_id, CHARGED)
-                return await self._save(request, response)
+            self.confirmations.posted(impression_id)
             return response
-        if charge is Charge.REFUSED:
-            await refund_impression(self.db, impression_id, c.id, price.impression_micros, today)
-            await self._mark_unfunded(c.id)
-            return NoFill.ADVERTISER_CANNOT_PAY
-        # Unknown outcome: the impression stays PENDING and the settlement job finishes it.
-        raise Unavailable("BILLING_UNAVAILABLE", "billing did not answer; retry the request")
-
-    async def _mark_unfunded(self, campaign_id: str) -> None:
-        until = self.clock.now() + timedelta(seconds=self.settings.unfunded_backoff_seconds)
-        async with self.db.write() as session:
-            await store.set_unfunded(session, campaign_id, until)
+        if charge is Charge.UNKNOWN:
+            log.warning("serving %s with its charge pending until billing answers", impression_id)
+            return response
+        await refund_impression(
+            self.db,
+            impression_id,
+            c.campaign_id,
+            price.impression_micros,
+            today,
+            unfunded_until=now + timedelta(seconds=self.settings.unfunded_backoff_seconds),
+            forget=(str(current_principal()), request.request_id),
+        )
+        return NoFill.ADVERTISER_CANNOT_PAY
 
 
 async def refund_impression(
-    db: Database, impression_id: str, campaign_id: str, micros: int, day: str
+    db: Database,
+    impression_id: str,
+    campaign_id: str,
+    micros: int,
+    day: str,
+    *,
+    unfunded_until: datetime | None = None,
+    forget: tuple[str, str] | None = None,
 ) -> None:
-    """Give back the budget of an impression billing refused, and stop counting it."""
+    """Billing refused an impression: give its budget back, stop counting it, skip the
+    campaign until `unfunded_until`, and drop the response stored for its serve (`forget`
+    = (principal, request_id)) so that the serve's answer can change."""
     async with db.write() as session:
         # Only the one that moves it out of PENDING gives the budget back.
-        if not await store.settle_impression(session, impression_id, FAILED):
-            return
-        await store.release(session, campaign_id, amount=micros, day=day, impressions=1)
-        await store.add_stats(session, campaign_id, day, impressions=-1, spend=-micros)
+        if await store.settle_impression(session, impression_id, FAILED):
+            await store.release(session, campaign_id, amount=micros, day=day, impressions=1)
+            await store.add_stats(session, campaign_id, day, impressions=-1, spend=-micros)
+        if unfunded_until is not None:
+            await store.set_unfunded(session, campaign_id, unfunded_until)
+        if forget is not None:
+            await store.forget_response(session, IDEMPOTENCY, forget[0], METHOD, forget[1])

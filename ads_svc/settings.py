@@ -20,6 +20,8 @@ class AdsSettings:
     # Charges still pending this long after the event are retried by the settlement job.
     settle_after_seconds: float
     settle_interval_seconds: float
+    # How often posted impression charges are marked, in one batch.
+    confirm_interval_seconds: float
 
     @classmethod
     def load(cls, s: Settings) -> AdsSettings:
@@ -30,4 +32,5 @@ class AdsSettings:
             unfunded_backoff_seconds=s.env_float("BIZMSG_ADS_UNFUNDED_BACKOFF_SECONDS", 60.0),
             settle_after_seconds=s.env_float("BIZMSG_ADS_SETTLE_AFTER_SECONDS", 30.0),
             settle_interval_seconds=s.env_float("BIZMSG_ADS_SETTLE_INTERVAL_SECONDS", 10.0),
+            confirm_interval_seconds=s.env_float("BIZMSG_ADS_CONFIRM_INTERVAL_SECONDS", 0.2),
         )

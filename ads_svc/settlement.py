@@ -28,10 +28,14 @@ class Settlement:
     clock: Clock
     billing: Billing
     after_seconds: float
+    # A refused charge skips its campaign for this long (its advertiser cannot pay).
+    unfunded_backoff_seconds: float
 
     async def run_once(self) -> int:
         """Settle one batch of each kind; returns how many reached a final state."""
-        before = self.clock.now() - timedelta(seconds=self.after_seconds)
+        now = self.clock.now()
+        before = now - timedelta(seconds=self.after_seconds)
+        unfunded_until = now + timedelta(seconds=self.unfunded_backoff_seconds)
         async with self.db.read() as session:
             impressions = await store.pending_impressions(session, before, BATCH)
             clicks = await store.pending_clicks(session, before, BATCH)
@@ -45,8 +49,16 @@ class Settlement:
                     await store.settle_impression(session, imp.id, CHARGED)
                 done += 1
             elif charge is Charge.REFUSED:
-                await refund_impression(self.db, imp.id, imp.campaign_id, imp.price_micros, imp.day)
+                await refund_impression(
+                    self.db,
+                    imp.id,
+                    imp.campaign_id,
+                    imp.price_micros,
+                    imp.day,
+                    unfunded_until=unfunded_until,
+                )
                 done += 1
         for click in clicks:
-            done += await settle_click(self.db, self.billing, click)
+            charge = await settle_click(self.db, self.billing, click, unfunded_until)
+            done += charge is not Charge.UNKNOWN
         return done

@@ -5,10 +5,30 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
+from typing import cast as tcast
 
-from sqlalchemy import Float, and_, case, cast, delete, func, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    Integer,
+    Row,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import Update
 
 from ads_svc.models import (
     FAILED,
@@ -23,6 +43,8 @@ from ads_svc.models import (
 from bizmsg.ads.v1 import ads_pb2
 
 ANY_LANGUAGE = "*"
+# A result row of any columns.
+AnyRow = Row[*tuple[Any, ...]]
 
 
 async def insert_campaign(
@@ -70,34 +92,81 @@ async def list_campaigns(
     return list((await session.execute(stmt)).scalars())
 
 
-def _rank_hint() -> object:
-    """The auction score estimated in SQL (floats are fine: it only orders candidates)."""
-    ctr = (cast(CampaignRow.clicks, Float) + 1.0) / (cast(CampaignRow.impressions, Float) + 50.0)
-    return case(
-        (CampaignRow.bid_type == ads_pb2.BID_TYPE_CPM, cast(CampaignRow.bid_micros, Float)),
-        else_=cast(CampaignRow.bid_micros, Float) * ctr * 1000.0,
+# Core tables: the hot statements below are built once, with bind parameters, and run
+# without the ORM (no statement building or cache-key work per call).
+CAMPAIGNS = tcast(Table, CampaignRow.__table__)
+TARGETS = tcast(Table, CampaignTargetRow.__table__)
+IMPRESSIONS = tcast(Table, ImpressionRow.__table__)
+DAILY_STATS = tcast(Table, DailyStatsRow.__table__)
+_c = CAMPAIGNS.c
+
+# What eligibility and the auction read of each candidate, in eligibility.Candidate's field
+# order; no creative (the winner's creative comes back from its budget reservation).
+CANDIDATE_COLUMNS = (
+    _c.id,
+    _c.bid_type,
+    _c.bid_micros,
+    _c.interests,
+    _c.cap_max_impressions,
+    _c.cap_period_days,
+    _c.daily_budget_micros,
+    _c.lifetime_budget_micros,
+    _c.spend_micros,
+    _c.spend_day,
+    _c.spend_day_micros,
+    _c.start_time,
+    _c.end_time,
+    _c.unfunded_until,
+    _c.impressions,
+    _c.clicks,
+)
+# What a served ad needs of its campaign, returned by the reservation that serves it.
+AD_COLUMNS = (
+    _c.account_id,
+    _c.business_id,
+    _c.headline,
+    _c.body,
+    _c.media_uri,
+    _c.call_to_action,
+    _c.bid_type,
+    _c.currency_code,
+)
+
+# The auction score estimated in SQL (floats are fine: it only orders candidates).
+_RANK_HINT = case(
+    (_c.bid_type == ads_pb2.BID_TYPE_CPM, cast(_c.bid_micros, Float)),
+    else_=cast(_c.bid_micros, Float)
+    * ((cast(_c.clicks, Float) + 1.0) / (cast(_c.impressions, Float) + 50.0))
+    * 1000.0,
+)
+
+_NOW = bindparam("now", type_=CAMPAIGNS.c.start_time.type)
+_CANDIDATES = (
+    select(*CANDIDATE_COLUMNS)
+    .join_from(CAMPAIGNS, TARGETS, TARGETS.c.campaign_id == _c.id)
+    .where(
+        TARGETS.c.country == bindparam("country"),
+        TARGETS.c.language.in_([bindparam("language"), ANY_LANGUAGE]),
+        _c.status == ads_pb2.CAMPAIGN_STATUS_ACTIVE,
+        _c.start_time <= _NOW,
+        or_(_c.end_time.is_(None), _c.end_time > _NOW),
     )
+    .order_by(_RANK_HINT.desc(), _c.id)
+    .limit(bindparam("limit", type_=Integer))
+)
 
 
 async def candidates(
     session: AsyncSession, country: str, language: str, now: datetime, limit: int
-) -> list[CampaignRow]:
+) -> list[AnyRow]:
     """Active, in-schedule campaigns targeting this country and language (or any language),
-    found through the campaign_targets primary key; the `limit` best by estimated score."""
-    stmt = (
-        select(CampaignRow)
-        .join(CampaignTargetRow, CampaignTargetRow.campaign_id == CampaignRow.id)
-        .where(
-            CampaignTargetRow.country == country,
-            CampaignTargetRow.language.in_([language or ANY_LANGUAGE, ANY_LANGUAGE]),
-            CampaignRow.status == ads_pb2.CAMPAIGN_STATUS_ACTIVE,
-            CampaignRow.start_time <= now,
-            or_(CampaignRow.end_time.is_(None), CampaignRow.end_time > now),
-        )
-        .order_by(_rank_hint().desc(), CampaignRow.id)  # type: ignore[attr-defined]
-        .limit(limit)
+    found through the campaign_targets primary key; the `limit` best by estimated score.
+    Rows of CANDIDATE_COLUMNS."""
+    result = await session.execute(
+        _CANDIDATES,
+        {"country": country, "language": language or ANY_LANGUAGE, "now": now, "limit": limit},
     )
-    return list((await session.execute(stmt)).scalars())
+    return list(result.all())
 
 
 async def recent_impressions(
@@ -154,6 +223,41 @@ async def lock_person(session: AsyncSession, person_id: str) -> None:
     )
 
 
+def _reserve(*, active_only: bool) -> Update:
+    """Add :amount to a campaign's spend if the budgets allow it, in one conditional UPDATE.
+
+    Allowed when spend + :room <= lifetime budget (room >= amount: for a CPC impression it
+    is the click price the campaign must still be able to pay) and today's spend is still
+    below the daily budget, so a day ends at most one event over. The row's own atomicity
+    makes this hold across concurrent calls and replicas: PostgreSQL re-checks the WHERE
+    on the latest row version after waiting for a concurrent writer.
+    """
+    amount = bindparam("amount", type_=BigInteger)
+    today = bindparam("today", type_=String)
+    return (
+        update(CAMPAIGNS)
+        .where(
+            _c.id == bindparam("campaign_id", type_=String),
+            _c.spend_micros + bindparam("room", type_=BigInteger) <= _c.lifetime_budget_micros,
+            or_(_c.spend_day != today, _c.spend_day_micros < _c.daily_budget_micros),
+            *([_c.status == ads_pb2.CAMPAIGN_STATUS_ACTIVE] if active_only else []),
+        )
+        .values(
+            spend_micros=_c.spend_micros + amount,
+            spend_day_micros=case(
+                (_c.spend_day == today, _c.spend_day_micros + amount), else_=amount
+            ),
+            spend_day=today,
+            impressions=_c.impressions + bindparam("add_impressions", type_=BigInteger),
+            clicks=_c.clicks + bindparam("add_clicks", type_=BigInteger),
+        )
+    )
+
+
+_RESERVE_ANY = _reserve(active_only=False)
+_RESERVE_IMPRESSION = _reserve(active_only=True).returning(*AD_COLUMNS)
+
+
 async def reserve(
     session: AsyncSession,
     campaign_id: str,
@@ -163,38 +267,60 @@ async def reserve(
     today: str,
     impressions: int = 0,
     clicks: int = 0,
-    active_only: bool = True,
 ) -> bool:
-    """Add `amount` to the campaign's spend if the budgets allow it, in one conditional UPDATE.
-
-    Allowed when spend + room <= lifetime budget (room >= amount: for a CPC impression it is
-    the click price the campaign must still be able to pay) and today's spend is still
-    below the daily budget, so a day ends at most one event over. The row's own atomicity
-    makes this hold across concurrent calls and replicas: PostgreSQL re-checks the WHERE
-    on the latest row version after waiting for a concurrent writer.
-    """
-    c = CampaignRow
-    stmt = (
-        update(c)
-        .where(
-            c.id == campaign_id,
-            c.spend_micros + room <= c.lifetime_budget_micros,
-            or_(c.spend_day != today, c.spend_day_micros < c.daily_budget_micros),
-            *([c.status == ads_pb2.CAMPAIGN_STATUS_ACTIVE] if active_only else []),
-        )
-        .values(
-            spend_micros=c.spend_micros + amount,
-            spend_day_micros=case(
-                (c.spend_day == today, c.spend_day_micros + amount), else_=amount
-            ),
-            spend_day=today,
-            impressions=c.impressions + impressions,
-            clicks=c.clicks + clicks,
-        )
-        .execution_options(synchronize_session=False)
+    """Reserve budget (see _reserve) whatever the campaign's status; whether it fit."""
+    result = await session.execute(
+        _RESERVE_ANY,
+        {
+            "campaign_id": campaign_id,
+            "amount": amount,
+            "room": room,
+            "today": today,
+            "add_impressions": impressions,
+            "add_clicks": clicks,
+        },
     )
-    result = await session.execute(stmt)
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def reserve_impression(
+    session: AsyncSession, campaign_id: str, *, amount: int, room: int, today: str
+) -> AnyRow | None:
+    """Reserve budget for one impression of an active campaign and return its AD_COLUMNS
+    (one statement: UPDATE ... RETURNING), or None when the budgets do not allow it."""
+    result = await session.execute(
+        _RESERVE_IMPRESSION,
+        {
+            "campaign_id": campaign_id,
+            "amount": amount,
+            "room": room,
+            "today": today,
+            "add_impressions": 1,
+            "add_clicks": 0,
+        },
+    )
+    return result.first()
+
+
+_INSERT_IMPRESSION = insert(IMPRESSIONS)
+
+
+async def add_impression(session: AsyncSession, values: dict[str, Any]) -> None:
+    await session.execute(_INSERT_IMPRESSION, values)
+
+
+async def forget_response(
+    session: AsyncSession, table: Table, principal: str, method: str, request_id: str
+) -> None:
+    """Drop a stored idempotent response that turned out not to stand (its charge was
+    refused), so the request can be answered anew."""
+    await session.execute(
+        delete(table).where(
+            table.c.principal == principal,
+            table.c.method == method,
+            table.c.request_id == request_id,
+        )
+    )
 
 
 async def release(
@@ -232,6 +358,35 @@ async def set_unfunded(session: AsyncSession, campaign_id: str, until: datetime)
     )
 
 
+def _upsert_stats(insert_fn: Any) -> Any:
+    """Add to a campaign's counters of one day (INSERT ... ON CONFLICT DO UPDATE)."""
+    d = DAILY_STATS.c
+    add_i = bindparam("add_impressions", type_=BigInteger)
+    add_c = bindparam("add_clicks", type_=BigInteger)
+    add_s = bindparam("add_spend", type_=BigInteger)
+    ins = insert_fn(DAILY_STATS).values(
+        campaign_id=bindparam("stat_campaign", type_=String),
+        day=bindparam("stat_day", type_=String),
+        impressions=add_i,
+        clicks=add_c,
+        spend_micros=add_s,
+    )
+    return ins.on_conflict_do_update(
+        index_elements=[d.campaign_id, d.day],
+        set_={
+            "impressions": d.impressions + add_i,
+            "clicks": d.clicks + add_c,
+            "spend_micros": d.spend_micros + add_s,
+        },
+    )
+
+
+_UPSERT_STATS = {
+    "sqlite": _upsert_stats(sqlite.insert),
+    "postgresql": _upsert_stats(postgresql.insert),
+}
+
+
 async def add_stats(
     session: AsyncSession,
     campaign_id: str,
@@ -241,19 +396,15 @@ async def add_stats(
     clicks: int = 0,
     spend: int = 0,
 ) -> None:
-    s = DailyStatsRow
-    ins = _insert(session)(s).values(  # type: ignore[operator]
-        campaign_id=campaign_id, day=day, impressions=impressions, clicks=clicks, spend_micros=spend
-    )
     await session.execute(
-        ins.on_conflict_do_update(
-            index_elements=[s.campaign_id, s.day],
-            set_={
-                "impressions": s.impressions + impressions,
-                "clicks": s.clicks + clicks,
-                "spend_micros": s.spend_micros + spend,
-            },
-        )
+        _UPSERT_STATS[session.get_bind().dialect.name],
+        {
+            "stat_campaign": campaign_id,
+            "stat_day": day,
+            "add_impressions": impressions,
+            "add_clicks": clicks,
+            "add_spend": spend,
+        },
     )
 
 
@@ -288,6 +439,21 @@ async def settle_impression(session: AsyncSession, impression_id: str, state: st
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+async def settle_impressions(
+    session: AsyncSession, impression_ids: Sequence[str], state: str
+) -> int:
+    """settle_impression for many at once; how many moved."""
+    if not impression_ids:
+        return 0
+    result = await session.execute(
+        update(ImpressionRow)
+        .where(ImpressionRow.id.in_(impression_ids), ImpressionRow.state == PENDING)
+        .values(state=state)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 async def settle_click(

@@ -12,9 +12,7 @@ from billing_svc.app import DEFINITION as BILLING
 from bizmsg.kit.clock import ManualClock
 from bizmsg.kit.testing import ServiceThread
 from consent_svc.app import DEFINITION as CONSENT
-from tests.ads.support import Stack
-
-ADS_ENV = {"BIZMSG_ADS_SETTLE_INTERVAL_SECONDS": "0.2", "BIZMSG_ADS_CURRENCY": "EUR"}
+from tests.ads.support import ADS_ENV, Stack
 
 
 def start_stack(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,10 +23,22 @@ from bizmsg.kit.clock import ManualClock
 from bizmsg.kit.testing import ServiceThread, metadata_for
 
 ADMIN = "admin"
+# Settlement every 0.2 s: an outage test sees pending charges retried within a second.
+ADS_ENV = {"BIZMSG_ADS_SETTLE_INTERVAL_SECONDS": "0.2", "BIZMSG_ADS_CURRENCY": "EUR"}
 
 
 def rid() -> str:
     return uuid.uuid4().hex
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll `check` until it returns something truthy (background jobs are asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {value!r})")
+        time.sleep(0.05)
+    return value
 
 
 def eur(micros: int) -> common_pb2.Money:
@@ -81,6 +94,8 @@ class Stack:
     billing: ServiceThread
     ads: list[ServiceThread]
     _channels: list[grpc.Channel] = field(default_factory=list)
+    # Threads started by restarts (the fixture stops the ones it started).
+    _restarted: list[ServiceThread] = field(default_factory=list)
 
     def _stub(self, target: str, cls: Any) -> Any:
         ch = grpc.insecure_channel(target)
@@ -88,6 +103,9 @@ class Stack:
         return cls(ch)
 
     def __post_init__(self) -> None:
+        self._stubs()
+
+    def _stubs(self) -> None:
         self.ads_stubs = [self._stub(a.target, ads_pb2_grpc.AdsServiceStub) for a in self.ads]
         self.billing_stub = self._stub(self.billing.target, billing_pb2_grpc.BillingServiceStub)
         self.consent_stub = self._stub(self.consent.target, consent_pb2_grpc.ConsentServiceStub)
@@ -95,6 +113,53 @@ class Stack:
     def close(self) -> None:
         for ch in self._channels:
             ch.close()
+        for t in reversed(self._restarted):
+            t.stop()
+
+    def restart_billing_and_ads(self) -> None:
+        """Billing again on its database (after `self.billing.stop()`), and the ads replicas
+        restarted on theirs to reach it: a new ServiceThread listens on a new port."""
+        from ads_svc.app import DEFINITION as ADS
+        from billing_svc.app import DEFINITION as BILLING
+
+        url = self.billing.settings.database_url("billing")
+        self.billing = ServiceThread(BILLING, database_url=url, clock=self.clock).start()
+        self._restarted.append(self.billing)
+        deps = {"consent": self.consent.target, "billing": self.billing.target}
+        replicas = []
+        for old in self.ads:
+            old.stop()
+            replicas.append(
+                ServiceThread(
+                    ADS,
+                    database_url=old.settings.database_url("ads"),
+                    clock=self.clock,
+                    env=ADS_ENV,
+                    dependency_targets=deps,
+                ).start()
+            )
+        self._restarted.extend(replicas)
+        self.ads = replicas
+        self._stubs()
+
+    def impression_state(self, impression_id: str) -> str:
+        """The charge state of an impression, read from the ads database."""
+        from sqlalchemy import select
+
+        from ads_svc.models import ImpressionRow
+
+        async def read() -> str:
+            async with self.ads[0].runtime.db.read() as session:
+                return str(
+                    (
+                        await session.execute(
+                            select(ImpressionRow.state).where(ImpressionRow.id == impression_id)
+                        )
+                    ).scalar_one()
+                )
+
+        state: str = self.ads[0].run(read())
+        return state
 
     def call(self, principal: str, method: str, request: Any, replica: int = 0) -> Any:
         stub = self.ads_stubs[replica % len(self.ads_stubs)]
@@ -124,6 +189,14 @@ class Stack:
                 metadata=md,
             )
         return str(account.account_id)
+
+    def ad_transfers(self, account_id: str, reference: str) -> int:
+        """How many of the account's transfers carry this reference (an ad event id)."""
+        transfers = self.billing_stub.ListTransfers(
+            billing_pb2.ListTransfersRequest(account_id=account_id, page_size=1000),
+            metadata=metadata_for(ADMIN),
+        ).transfers
+        return sum(1 for t in transfers if t.reference == reference)
 
     def debited(self, account_id: str) -> int:
         acc = self.billing_stub.GetAccount(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from fractions import Fraction
 
 from ads_svc.auction import Bidder, BidKind, Price, ctr_estimate, price, rank, score
@@ -78,3 +79,42 @@ def test_a_tie_pays_its_own_bid_and_is_broken_fairly_by_the_seed() -> None:
         again = rank([b, a], RESERVE, seed=f"serve-{i}")
         assert again[0].bidder.campaign_id == ranked[0].bidder.campaign_id
     assert winners == {"a", "b"}
+
+
+def test_rank_is_exact_where_floats_cannot_tell_scores_apart() -> None:
+    # Scores near 10**7 that differ by about 10**-10: one double, two different rationals.
+    hi = Bidder("hi", CPC, 10**12, impressions=10**17 - 50, clicks=10**9 - 1)
+    lo = Bidder("lo", CPC, 10**12, impressions=10**17 - 49, clicks=10**9 - 1)
+    assert float(score(hi)) == float(score(lo)) and score(hi) > score(lo)
+    for i in range(20):
+        ranked = rank([lo, hi], RESERVE, seed=f"serve-{i}")
+        assert [r.bidder.campaign_id for r in ranked] == ["hi", "lo"]
+
+
+def test_an_exact_tie_across_bid_types_rotates_by_seed() -> None:
+    # A new CPC campaign bidding 0.10 a click is worth 0.10 * 2 % * 1000 = 2.00 per mille.
+    cpc = Bidder("cpc", CPC, 100_000)
+    cpm = Bidder("cpm", CPM, 2_000_000)
+    assert score(cpc) == score(cpm)
+    firsts = {rank([cpc, cpm], RESERVE, seed=f"s{i}")[0].bidder.campaign_id for i in range(40)}
+    assert firsts == {"cpc", "cpm"}
+
+
+def test_rank_keeps_exactly_the_bidders_at_the_reserve_best_first() -> None:
+    rng = random.Random(7)
+    bidders = [
+        Bidder(
+            f"c{i}",
+            rng.choice([CPM, CPC]),
+            rng.randrange(1, 3_000_000),
+            impressions=rng.randrange(0, 10_000),
+            clicks=rng.randrange(0, 300),
+        )
+        for i in range(300)
+    ]
+    ranked = rank(bidders, RESERVE, seed="s")
+    assert {r.bidder.campaign_id for r in ranked} == {
+        b.campaign_id for b in bidders if score(b) >= RESERVE
+    }
+    scores = [r.score for r in ranked]
+    assert scores == sorted(scores, reverse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
+from ads_svc import store
 from ads_svc.auction import BidKind
 from ads_svc.eligibility import Candidate, NoFill, audience, eligible, matches_interests
 from ads_svc.pacing import elapsed_fraction, serve_probability
@@ -104,3 +105,10 @@ def test_no_fill_reason_is_the_last_filter_that_removed_everyone() -> None:
     # Yesterday's spend does not count against today.
     fresh = cand("f", spend_day="2026-02-28", spend_day_micros=1_000_000)
     assert eligible([fresh], audience(False, [], []), {}, NOON, always)[0] == [fresh]
+
+
+def test_candidate_rows_line_up_with_the_candidate_fields() -> None:
+    # convert.candidate builds a Candidate from a row by position.
+    names = [c.name for c in store.CANDIDATE_COLUMNS]
+    assert names[:2] == ["id", "bid_type"] and Candidate._fields[:2] == ("campaign_id", "kind")
+    assert names[2:] == list(Candidate._fields[2:])

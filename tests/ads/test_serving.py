@@ -235,3 +235,20 @@ def test_serve_checks_its_input_and_its_caller(stack: Stack) -> None:
             ),
         )
     assert stack.call(ADMIN, "ListCampaigns", pb.ListCampaignsRequest()).campaigns == []
+
+
+def test_a_refused_click_charge_leaves_the_click_free_and_stops_the_campaign(
+    stack: Stack,
+) -> None:
+    broke = stack.wallet("adv1", 0)
+    c = stack.create("adv1", broke, bid_type=pb.BID_TYPE_CPC, bid=eur(200_000))
+    stack.clock.set(LATE)
+    # A CPC impression costs nothing, so billing is first asked at the click.
+    ad = stack.serve("alice").ad
+    assert ad.price == eur(0) and ad.click_price == eur(5000)
+    click = stack.click("alice", ad.impression_id)
+    # Billing refused: the chat still opens, the click is free, the budget is given back.
+    assert click.price == eur(0) and click.chat_link.startswith("bizmsg://chat/acme?")
+    assert stack.get(c.campaign_id).spend == eur(0) and stack.debited(broke) == 0
+    r = stack.serve("bob")
+    assert r.no_fill.reason == pb.NO_FILL_REASON_ADVERTISER_CANNOT_PAY
