@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import grpc
+from google.rpc import error_details_pb2
+
 from bizmsg.kit.auth import TokenAuthority
 from bizmsg.kit.clock import Clock
 from bizmsg.kit.config import DEV_TOKEN_SECRET, Settings
+from bizmsg.kit.errors import status_details
 from bizmsg.kit.processes import (  # re-exported for tests
     SERVICE_NAMES,
     ServiceProcess,
@@ -36,6 +41,34 @@ def token_for(principal: str) -> str:
 def metadata_for(principal: str) -> list[tuple[str, str]]:
     """Call metadata carrying a valid bearer token for `principal`."""
     return [("authorization", f"Bearer {token_for(principal)}")]
+
+
+def error_details(e: grpc.RpcError) -> dict[str, Any]:
+    """The google.rpc details of a failed call, by type name (ErrorInfo, BadRequest, ...)."""
+    return {type(d).DESCRIPTOR.name: d for d in status_details(e)}
+
+
+@contextmanager
+def expect_error(
+    code: grpc.StatusCode, reason: str | None = None, *, domain: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Expect the block's call to fail with `code` and exactly one ErrorInfo (of `reason`,
+    in `domain`); yields the details by type name, filled in when the block has failed."""
+    got: dict[str, Any] = {}
+    try:
+        yield got
+    except grpc.RpcError as e:
+        assert e.code() == code, f"expected {code}, got {e.code()}: {e.details()}"
+        details = status_details(e)
+        infos = [d for d in details if isinstance(d, error_details_pb2.ErrorInfo)]
+        assert len(infos) == 1, f"expected exactly one ErrorInfo, got {infos}"
+        got.update({type(d).DESCRIPTOR.name: d for d in details})
+        if domain is not None:
+            assert infos[0].domain == domain, infos[0]
+        if reason is not None:
+            assert infos[0].reason == reason, infos[0]
+    else:
+        raise AssertionError(f"expected {code}, the call succeeded")
 
 
 class ServiceThread:
@@ -125,6 +158,8 @@ __all__ = [
     "TEST_SECRET",
     "ServiceProcess",
     "ServiceThread",
+    "error_details",
+    "expect_error",
     "free_port",
     "metadata_for",
     "start_stack",
