@@ -1,7 +1,7 @@
 """Benchmark: AuthorizeCharge + CaptureCharge against an empty ledger and a 1,000,000-transfer one.
 
     python -m billing_svc.bench [--backend sqlite|postgresql] [--pairs 2000] [--concurrency 16]
-                                [--businesses 16]
+                                [--businesses 16] [--revenue-shards 1]
 
 Each run starts billing as a real process on a fresh database, measures pairs (authorize,
 then capture, sequentially per worker) from `concurrency` concurrent workers over one
@@ -40,6 +40,10 @@ SEED_WALLETS = 1_000
 SEED_MESSAGES = 500_000  # two transfers each: pending + post_pending
 SEED_TIME = datetime(2025, 6, 1, tzinfo=UTC)
 _tokens = TokenAuthority(DEV_TOKEN_SECRET.encode())
+_ACCOUNT_COLUMNS = (
+    "(id, owner, kind, currency, credit_limit, credits_posted, debits_posted, debits_pending, "
+    "credits_pending, create_time)"
+)
 
 
 def _md(principal: str) -> list[tuple[str, str]]:
@@ -169,11 +173,13 @@ async def seed(url: str) -> None:
     msg_wallet = f"'seed-w-' || (n % {SEED_WALLETS})"
     statements = [
         # The platform accounts first, as the service would make them.
-        f"INSERT INTO accounts VALUES ('seed-revenue', 'platform', 3, 'EUR', 0, "
+        f"INSERT INTO accounts {_ACCOUNT_COLUMNS} VALUES ('seed-revenue', 'platform', 3, 'EUR', 0, "
         f"{SEED_MESSAGES * PRICE}, 0, 0, 0, :t)",
-        f"INSERT INTO accounts VALUES ('seed-settlement', 'platform', 4, 'EUR', {2**63 - 1}, "
+        f"INSERT INTO accounts {_ACCOUNT_COLUMNS} VALUES ('seed-settlement', 'platform', 4, 'EUR', "
+        f"{2**63 - 1}, "
         f"0, {SEED_MESSAGES * PRICE}, 0, 0, :t)",
-        f"{w} INSERT INTO accounts SELECT 'seed-w-' || n, 'business:seed' || n, 1, 'EUR', 0, "
+        f"{w} INSERT INTO accounts {_ACCOUNT_COLUMNS} SELECT 'seed-w-' || n, "
+        f"'business:seed' || n, 1, 'EUR', 0, "
         f"{per_wallet * PRICE}, {per_wallet * PRICE}, 0, 0, :t FROM s",
         f"{w} INSERT INTO transfers SELECT 'seed-t-' || n, 'seed-settlement', 'seed-w-' || n, "
         f"{per_wallet * PRICE}, 'EUR', 1, false, false, false, NULL, 0, '', '', 0, 'psp', :t "
@@ -200,6 +206,8 @@ async def seed(url: str) -> None:
         async with db.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(text("VACUUM ANALYZE"))
+            # Write the bulk load's dirty pages back now, not during the measurement.
+            await conn.execute(text("CHECKPOINT"))
     else:
         async with db.engine.connect() as conn:
             await conn.execute(text("ANALYZE"))
@@ -217,7 +225,11 @@ async def _count_transfers(url: str) -> int:
 def _run(
     label: str, url: str, work: Path, args: argparse.Namespace, pairs: int, seeded: bool
 ) -> tuple[Result, int]:
-    env = {"BIZMSG_BILLING_DATABASE_URL": url, "BIZMSG_DATA_DIR": str(work)}
+    env = {
+        "BIZMSG_BILLING_DATABASE_URL": url,
+        "BIZMSG_DATA_DIR": str(work),
+        "BIZMSG_BILLING_REVENUE_SHARDS": str(args.revenue_shards),
+    }
     proc = ServiceProcess("billing", env, work / f"{label}.log")
     proc.start().wait_serving()
     try:
@@ -263,6 +275,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     # Messages come from many businesses; one wallet row would serialise every charge.
     ap.add_argument("--businesses", type=int, default=16)
+    ap.add_argument("--revenue-shards", type=int, default=1)
     args = ap.parse_args()
     pairs = args.pairs - args.pairs % args.concurrency
     with tempfile.TemporaryDirectory(prefix="billing-bench-") as tmp:
@@ -290,7 +303,7 @@ def main() -> None:
                     )
     print(
         f"\nbackend={args.backend} pairs={pairs} concurrency={args.concurrency} "
-        f"businesses={args.businesses}"
+        f"businesses={args.businesses} revenue_shards={args.revenue_shards}"
     )
     print(f"{'ledger':<8}{'transfers after':>16}{'pairs/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
     for r, transfers in results:

@@ -5,19 +5,34 @@ immutable transfers: a pending one at authorization, then exactly one post_pendi
 void_pending transfer (the unique pending_id index is the last line of defence).
 A free message gets an authorization too, with no transfer, so delivery handles every
 message the same way.
+
+The hot path sends one statement per row it touches and reads nothing first (account
+identities and rate cards come from per-process caches that are proven current inside the
+writes, see directory and cardcache). Authorize: the pending transfer, the authorization,
+the request_id claim, then the wallet reservation and the revenue account. Capture and
+void: the authorization moved out of AUTHORIZED by one UPDATE ... RETURNING (which also
+locks it and reads what the transfer needs), the transfer, the claim, then wallet and
+revenue. The contended rows come last, so their locks are held for two statements and the
+commit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, NoReturn
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from billing_svc import ledger, pricing, store, transfers
-from billing_svc.models import AccountRow, AuthorizationRow
+from billing_svc import cardcache, ledger, postings, pricing, store
+from billing_svc.cardcache import RateCards
+from billing_svc.directory import Directory
+from billing_svc.once import Retry
+from billing_svc.postings import Side
+from billing_svc.pricing import Quote
 from bizmsg.billing.v1 import billing_pb2 as pb
-from bizmsg.kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from bizmsg.kit.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from bizmsg.kit.ids import new_id
 
 AUTHORIZED = pb.AUTHORIZATION_STATE_AUTHORIZED
@@ -54,50 +69,73 @@ class Resolution:
     transfer_id: str
 
 
+Claim = Callable[[Any], Awaitable[None]]
+
+
+async def _no_claim(_: Any) -> None:
+    return None
+
+
 async def authorize(
     session: AsyncSession,
     now: datetime,
+    directory: Directory,
+    cards: RateCards,
     *,
     business_id: str,
     recipient_country: str,
     category: int,
     window: int,
     hold: timedelta,
+    claim: Claim = _no_claim,
 ) -> Authorization:
+    """Price the message and reserve the price on the business wallet.
+
+    `claim` is called with the result once the rows are written and before the wallet and
+    revenue rows are locked (the idempotency key), so those locks are held for two
+    statements and the commit only.
+    """
+    conn = await session.connection()
     q = await pricing.quote(
-        session,
+        conn,
         now,
+        directory,
+        cards,
         business_id=business_id,
         recipient_country=recipient_country,
         category=category,
         window=window,
-        lock_wallet=True,
+        check_later=True,
     )
     auth_id = new_id()
+    expire_time = now + hold
+    wallet_id = q.wallet.id if q.wallet is not None else None
     pending_id: str | None = None
+    revenue_id = ""
     if not q.free:
-        wallet = q.wallet
-        assert wallet is not None  # pricing refuses a charged message without a wallet
-        revenue = await _revenue(session, q.currency, now)
-        done = await transfers.execute(
-            session,
-            ledger.Op.PENDING,
-            wallet,
-            revenue,
-            q.amount,
-            now,
+        assert wallet_id is not None  # pricing refuses a charged message without a wallet
+        ledger.check_shape(q.currency, q.currency, q.amount)
+        revenue_id = await directory.revenue_account(conn, q.currency, wallet_id, now)
+        pending_id = new_id()
+        await store.insert_transfer(
+            conn,
+            id=pending_id,
+            debit_account_id=wallet_id,
+            credit_account_id=revenue_id,
+            amount=q.amount,
+            currency=q.currency,
             kind=pb.TRANSFER_KIND_MESSAGE_CHARGE,
+            pending=True,
             category=category,
             recipient_country=recipient_country,
             reference=auth_id,
+            create_time=now,
         )
-        pending_id = done.transfer_id
-    expire_time = now + hold
     await store.insert_authorization(
-        session,
+        conn,
         id=auth_id,
         business_id=business_id,
-        account_id=q.wallet.id if q.wallet is not None else None,
+        account_id=wallet_id,
         pending_transfer_id=pending_id,
         resolve_transfer_id=None,
         category=category,
@@ -113,25 +151,38 @@ async def authorize(
         create_time=now,
         resolve_time=None,
     )
-    return Authorization(
+    auth = Authorization(
         auth_id,
         q.amount,
         q.currency,
         q.rule,
         AUTHORIZED,
         expire_time,
-        q.wallet.id if q.wallet is not None else "",
+        wallet_id or "",
         pending_id or "",
         q.rate_card_version,
     )
+    await claim(auth)
+    if wallet_id is not None and pending_id is not None:
+        await _reserve(conn, cards, wallet_id, q)
+        await postings.post(conn, ledger.Op.PENDING, Side.CREDIT, revenue_id, q.amount)
+    return auth
 
 
-async def _revenue(session: AsyncSession, currency: str, now: datetime) -> AccountRow:
-    return await store.system_account(session, pb.ACCOUNT_KIND_PLATFORM_REVENUE, currency, 0, now)
+async def _reserve(conn: AsyncConnection, cards: RateCards, wallet_id: str, q: Quote) -> None:
+    """The debit side of the pending transfer, in the statement that also proves the price's
+    rate card still the newest; a stale cache rolls the call back to run again."""
+    if await postings.try_reserve(conn, wallet_id, q.amount, q.currency, q.cards_latest):
+        return
+    if await cardcache.latest_version(conn, q.currency) != q.cards_latest:
+        cards.forget(q.currency)
+        raise Retry
+    await postings.post_locked(conn, ledger.Op.PENDING, Side.DEBIT, wallet_id, q.amount)
 
 
-async def _locked_open(session: AsyncSession, authorization_id: str) -> AuthorizationRow:
-    auth = await store.get_authorization(session, authorization_id, lock=True)
+async def _explain(session: AsyncSession, now: datetime, authorization_id: str) -> NoReturn:
+    """Why an authorization could not be resolved: missing, resolved before, or expired."""
+    auth = await store.get_authorization(session, authorization_id)
     if auth is None:
         raise NotFound(
             "AUTHORIZATION_NOT_FOUND",
@@ -146,76 +197,125 @@ async def _locked_open(session: AsyncSession, authorization_id: str) -> Authoriz
             f"authorization {authorization_id} {what}",
             violations=[("AUTHORIZATION_STATE", authorization_id, what)],
         )
-    return auth
+    if now >= auth.expire_time:
+        # Past its expire_time an authorization is expired whether or not the sweep has
+        # voided it yet, so the answer does not depend on when the sweep last ran.
+        raise FailedPrecondition(
+            "AUTHORIZATION_EXPIRED",
+            f"authorization {authorization_id} passed its expire_time",
+            violations=[("AUTHORIZATION_STATE", authorization_id, "expired")],
+        )
+    raise Aborted("CONFLICT", f"authorization {authorization_id} changed meanwhile; retry")
 
 
 async def _resolve(
     session: AsyncSession,
     now: datetime,
-    auth: AuthorizationRow,
+    authorization_id: str,
     op: ledger.Op,
     state: int,
     void_reason: int,
-) -> Resolution:
-    transfer_id: str | None = None
-    if auth.pending_transfer_id is not None:
-        pending = await store.get_transfer(session, auth.pending_transfer_id)
-        assert pending is not None and auth.account_id is not None
-        wallet = await store.get_account(session, auth.account_id, lock=True)
-        revenue = await store.get_account(session, pending.credit_account_id, lock=True)
-        assert wallet is not None and revenue is not None
-        done = await transfers.execute(
-            session,
-            op,
-            wallet,
-            revenue,
-            pending.amount,
-            now,
-            kind=pb.TRANSFER_KIND_MESSAGE_CHARGE,
-            pending_id=pending.id,
-            category=pending.category,
-            recipient_country=pending.recipient_country,
-            reference=auth.id,
-        )
-        transfer_id = done.transfer_id
-    await store.resolve_authorization(
-        session, auth.id, state=state, transfer_id=transfer_id, void_reason=void_reason, now=now
+    *,
+    expired: bool,
+    claim: Claim = _no_claim,
+) -> Resolution | None:
+    """Resolve an open authorization (None when it is not open, or not (yet) expired as
+    `expired` asks): one statement moves and locks it, then the post or void transfer."""
+    conn = await session.connection()
+    transfer_id = new_id()
+    row = await store.resolve_open(
+        conn,
+        authorization_id,
+        open_state=AUTHORIZED,
+        state=state,
+        void_reason=void_reason,
+        transfer_id=transfer_id,
+        now=now,
+        expired=expired,
     )
-    return Resolution(auth.id, state, auth.amount, auth.currency, transfer_id or "")
-
-
-def _not_expired(auth: AuthorizationRow, now: datetime) -> None:
-    # Past its expire_time an authorization is expired whether or not the sweep has voided
-    # it yet, so the answer does not depend on when the sweep last ran.
-    if now >= auth.expire_time:
-        raise FailedPrecondition(
-            "AUTHORIZATION_EXPIRED",
-            f"authorization {auth.id} passed its expire_time",
-            violations=[("AUTHORIZATION_STATE", auth.id, "expired")],
+    if row is None:
+        return None
+    charged = row.pending_transfer_id is not None
+    if charged:
+        await store.insert_transfer(
+            conn,
+            id=transfer_id,
+            debit_account_id=row.account_id,
+            credit_account_id=row.credit_account_id,
+            amount=row.amount,
+            currency=row.currency,
+            kind=pb.TRANSFER_KIND_MESSAGE_CHARGE,
+            post_pending=op is ledger.Op.POST_PENDING,
+            void_pending=op is ledger.Op.VOID_PENDING,
+            pending_id=row.pending_transfer_id,
+            category=row.category,
+            recipient_country=row.recipient_country,
+            reference=authorization_id,
+            create_time=now,
         )
+    done = Resolution(
+        authorization_id, state, row.amount, row.currency, transfer_id if charged else ""
+    )
+    await claim(done)
+    if charged:
+        # Customer account first, then the platform's: the one lock order everywhere.
+        await postings.post(conn, op, Side.DEBIT, row.account_id, row.amount)
+        await postings.post(conn, op, Side.CREDIT, row.credit_account_id, row.amount)
+    return done
 
 
-async def capture(session: AsyncSession, now: datetime, authorization_id: str) -> Resolution:
-    auth = await _locked_open(session, authorization_id)
-    _not_expired(auth, now)
-    return await _resolve(session, now, auth, ledger.Op.POST_PENDING, CAPTURED, 0)
+async def capture(
+    session: AsyncSession, now: datetime, authorization_id: str, claim: Claim = _no_claim
+) -> Resolution:
+    done = await _resolve(
+        session,
+        now,
+        authorization_id,
+        ledger.Op.POST_PENDING,
+        CAPTURED,
+        0,
+        expired=False,
+        claim=claim,
+    )
+    if done is None:
+        await _explain(session, now, authorization_id)
+    return done
 
 
 async def void(
-    session: AsyncSession, now: datetime, authorization_id: str, reason: int
+    session: AsyncSession,
+    now: datetime,
+    authorization_id: str,
+    reason: int,
+    claim: Claim = _no_claim,
 ) -> Resolution:
-    auth = await _locked_open(session, authorization_id)
-    _not_expired(auth, now)
-    return await _resolve(session, now, auth, ledger.Op.VOID_PENDING, VOIDED, reason)
+    done = await _resolve(
+        session,
+        now,
+        authorization_id,
+        ledger.Op.VOID_PENDING,
+        VOIDED,
+        reason,
+        expired=False,
+        claim=claim,
+    )
+    if done is None:
+        await _explain(session, now, authorization_id)
+    return done
 
 
 async def expire_one(session: AsyncSession, now: datetime, authorization_id: str) -> bool:
     """Void one authorization past its timeout; False when someone resolved it first."""
-    auth = await store.get_authorization(session, authorization_id, lock=True)
-    if auth is None or auth.state != AUTHORIZED or auth.expire_time > now:
-        return False
-    await _resolve(session, now, auth, ledger.Op.VOID_PENDING, EXPIRED, pb.VOID_REASON_EXPIRED)
-    return True
+    done = await _resolve(
+        session,
+        now,
+        authorization_id,
+        ledger.Op.VOID_PENDING,
+        EXPIRED,
+        pb.VOID_REASON_EXPIRED,
+        expired=True,
+    )
+    return done is not None
 
 
 @dataclass(frozen=True)
@@ -228,6 +328,7 @@ class AdCharge:
 async def charge_ad_event(
     session: AsyncSession,
     now: datetime,
+    directory: Directory,
     *,
     event_id: str,
     campaign_id: str,
@@ -236,7 +337,8 @@ async def charge_ad_event(
     amount: int,
     currency: str,
 ) -> AdCharge:
-    account = await store.get_account(session, account_id, lock=True)
+    conn = await session.connection()
+    account = await directory.account(conn, account_id)
     if account is None:
         raise NotFound(
             "ACCOUNT_NOT_FOUND",
@@ -250,17 +352,22 @@ async def charge_ad_event(
         raise InvalidArgument(
             [("amount.currency_code", f"must be the account's currency {account.currency}")]
         )
-    revenue = await _revenue(session, currency, now)
-    done = await transfers.execute(
-        session,
-        ledger.Op.POSTED,
-        account,
-        revenue,
-        amount,
-        now,
+    ledger.check_shape(currency, currency, amount)
+    revenue_id = await directory.revenue_account(conn, currency, account_id, now)
+    transfer_id = new_id()
+    await store.insert_transfer(
+        conn,
+        id=transfer_id,
+        debit_account_id=account_id,
+        credit_account_id=revenue_id,
+        amount=amount,
+        currency=currency,
         kind=pb.TRANSFER_KIND_AD_CHARGE,
         campaign_id=campaign_id,
         ad_event_kind=kind,
         reference=event_id,
+        create_time=now,
     )
-    return AdCharge(done.transfer_id, amount, currency)
+    await postings.post(conn, ledger.Op.POSTED, Side.DEBIT, account_id, amount)
+    await postings.post(conn, ledger.Op.POSTED, Side.CREDIT, revenue_id, amount)
+    return AdCharge(transfer_id, amount, currency)

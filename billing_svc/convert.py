@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 from billing_svc import charges, ledger, rates, statements, store
 from billing_svc.models import AccountRow, TransferRow
 from bizmsg.billing.v1 import billing_pb2 as pb
 from bizmsg.common.v1 import common_pb2
 from bizmsg.kit.timeutil import to_timestamp
+
+Resolved = TypeVar("Resolved", pb.CaptureChargeResponse, pb.VoidChargeResponse)
 
 
 def money(amount: int, currency: str) -> common_pb2.Money:
@@ -83,6 +86,16 @@ def authorization(a: charges.Authorization) -> pb.AuthorizeChargeResponse:
         account_id=a.account_id,
         pending_transfer_id=a.pending_transfer_id,
         rate_card_version=a.rate_card_version,
+    )
+
+
+def resolution(response_type: type[Resolved], r: charges.Resolution) -> Resolved:
+    """A CaptureChargeResponse or VoidChargeResponse (the same fields)."""
+    return response_type(
+        authorization_id=r.authorization_id,
+        state=r.state,  # type: ignore[arg-type]
+        amount=money(r.amount, r.currency),
+        transfer_id=r.transfer_id,
     )
 
 

@@ -103,6 +103,65 @@ def _overflows(b: Balances) -> bool:
     )
 
 
+def _insufficient(b: Balances, amount: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        "INSUFFICIENT_FUNDS",
+        f"account {b.account_id} cannot pay {amount} micros {b.currency}",
+        quota_violations=[
+            (
+                f"accounts/{b.account_id}",
+                f"available {b.available} micros {b.currency}, needed {amount}",
+            )
+        ],
+        retry_after=FUNDS_RETRY_SECONDS,
+        metadata={"account_id": b.account_id, "available_micros": str(b.available)},
+    )
+
+
+def _overflow() -> FailedPrecondition:
+    return FailedPrecondition(
+        "BALANCE_OVERFLOW", "the transfer would take a balance beyond the int64 range"
+    )
+
+
+def check_debit(op: Op, debit: Balances, amount: int) -> tuple[Balances, Delta]:
+    """The debit side of a transfer on its own: its new balances, or the error."""
+    delta = deltas(op, amount)[0]
+    new = apply(debit, delta)
+    if _overflows(new):
+        raise _overflow()
+    if not new.holds():
+        raise _insufficient(debit, amount)
+    return new, delta
+
+
+def check_credit(op: Op, credit: Balances, amount: int) -> tuple[Balances, Delta]:
+    """The credit side of a transfer on its own: its new balances, or the error."""
+    delta = deltas(op, amount)[1]
+    new = apply(credit, delta)
+    if _overflows(new):
+        raise _overflow()
+    if not new.holds():
+        # Only reachable through inconsistent data: refuse rather than break the invariant.
+        raise FailedPrecondition(
+            "LEDGER_INCONSISTENT", f"account {credit.account_id} would break the invariant"
+        )
+    return new, delta
+
+
+def check_shape(debit_currency: str, credit_currency: str, amount: int) -> None:
+    """What a transfer must be before any balance is looked at."""
+    if debit_currency != credit_currency:
+        raise FailedPrecondition(
+            "CURRENCY_MISMATCH",
+            f"cannot move {debit_currency} into a {credit_currency} account",
+        )
+    if not 0 < amount <= INT64_MAX:
+        raise FailedPrecondition(
+            "AMOUNT_OUT_OF_RANGE", "a transfer amount must be 1..2^63-1 micros"
+        )
+
+
 def transfer(
     op: Op, debit: Balances, credit: Balances, amount: int
 ) -> tuple[Balances, Balances, Delta, Delta]:
@@ -111,37 +170,10 @@ def transfer(
     Raises ResourceExhausted (insufficient funds) or FailedPrecondition (currency mismatch,
     overflow); nothing is changed then, since the caller writes only what this returns.
     """
-    if debit.currency != credit.currency:
-        raise FailedPrecondition(
-            "CURRENCY_MISMATCH",
-            f"cannot move {debit.currency} into a {credit.currency} account",
-        )
-    if not 0 < amount <= INT64_MAX:
-        raise FailedPrecondition(
-            "AMOUNT_OUT_OF_RANGE", "a transfer amount must be 1..2^63-1 micros"
-        )
+    check_shape(debit.currency, credit.currency, amount)
     d_delta, c_delta = deltas(op, amount)
-    new_debit, new_credit = apply(debit, d_delta), apply(credit, c_delta)
-    if _overflows(new_debit) or _overflows(new_credit):
-        raise FailedPrecondition(
-            "BALANCE_OVERFLOW", "the transfer would take a balance beyond the int64 range"
-        )
-    if not new_debit.holds():
-        raise ResourceExhausted(
-            "INSUFFICIENT_FUNDS",
-            f"account {debit.account_id} cannot pay {amount} micros {debit.currency}",
-            quota_violations=[
-                (
-                    f"accounts/{debit.account_id}",
-                    f"available {debit.available} micros {debit.currency}, needed {amount}",
-                )
-            ],
-            retry_after=FUNDS_RETRY_SECONDS,
-            metadata={"account_id": debit.account_id, "available_micros": str(debit.available)},
-        )
-    if not new_credit.holds():
-        # Only reachable through inconsistent data: refuse rather than break the invariant.
-        raise FailedPrecondition(
-            "LEDGER_INCONSISTENT", f"account {credit.account_id} would break the invariant"
-        )
+    if _overflows(apply(debit, d_delta)) or _overflows(apply(credit, c_delta)):
+        raise _overflow()
+    new_debit, _ = check_debit(op, debit, amount)
+    new_credit, _ = check_credit(op, credit, amount)
     return new_debit, new_credit, d_delta, c_delta

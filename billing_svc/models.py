@@ -38,10 +38,13 @@ class AccountRow(Base):
     debits_pending: Mapped[int] = mapped_column(BigInteger, default=0)
     credits_pending: Mapped[int] = mapped_column(BigInteger, default=0)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Platform revenue may be split over several accounts per currency (one hot row would
+    # serialise every charge on PostgreSQL); 0 for every other account.
+    shard: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")
 
     __table_args__ = (
-        # System accounts (revenue, settlement) are found by (owner, kind, currency).
-        Index("ix_accounts_owner_kind_currency", "owner", "kind", "currency", unique=True),
+        # System accounts (revenue, settlement) are found by (owner, kind, currency, shard).
+        Index("ix_accounts_owner_kind_currency", "owner", "kind", "currency", "shard", unique=True),
         Index(
             "ux_accounts_business_wallet",
             "owner",

@@ -14,15 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing_svc import store
-from billing_svc.models import AccountRow
+from billing_svc.cardcache import RateCards
+from billing_svc.directory import AccountRef, Directory
 from bizmsg.billing.v1 import billing_pb2
 from bizmsg.common.v1 import common_pb2
 from bizmsg.kit.errors import FailedPrecondition
-
-BUSINESS_WALLET = billing_pb2.ACCOUNT_KIND_BUSINESS_WALLET
 
 
 def rule_for(category: int, window: int) -> int:
@@ -45,8 +43,11 @@ class Quote:
     currency: str
     rule: int
     rate_card_version: int
-    # The business wallet (locked when asked to be), or None for a free message without one.
-    wallet: AccountRow | None
+    # The business wallet, or None for a free message of a business without one.
+    wallet: AccountRef | None
+    # The newest rate-card version the price was read against (0: no card used); a caller
+    # that did not ask for a checked price must prove it still newest (postings.try_reserve).
+    cards_latest: int = 0
 
     @property
     def free(self) -> bool:
@@ -62,24 +63,24 @@ def wallet_owner(business_id: str) -> str:
 
 
 async def quote(
-    session: AsyncSession,
+    conn: AsyncConnection,
     now: datetime,
+    directory: Directory,
+    cards: RateCards,
     *,
     business_id: str,
     recipient_country: str,
     category: int,
     window: int,
-    lock_wallet: bool = False,
+    check_later: bool = False,
 ) -> Quote:
-    """Price a message. With lock_wallet, a charged message's wallet comes back locked
-    (SELECT ... FOR UPDATE), ready for the reservation."""
+    """Price a message. The rate card comes from the in-memory cache, checked current by one
+    read; with check_later a positive price comes unchecked and the caller checks it in the
+    statement that reserves it (a missing or zero price is always checked before it counts)."""
     rule = rule_for(category, window)
-    charged = rule == billing_pb2.PRICING_RULE_RATE_CARD
-    wallet = await store.find_account(
-        session, wallet_owner(business_id), BUSINESS_WALLET, lock=lock_wallet and charged
-    )
+    wallet = await directory.wallet(conn, business_id)
     currency = wallet.currency if wallet is not None else ""
-    if not charged:
+    if rule != billing_pb2.PRICING_RULE_RATE_CARD:
         return Quote(0, currency, rule, 0, wallet)
     if wallet is None:
         raise FailedPrecondition(
@@ -87,7 +88,11 @@ async def quote(
             f"business {business_id} has no wallet to pay for this message",
             violations=[("WALLET", f"business:{business_id}", "open a business wallet first")],
         )
-    found = await store.price_at(session, currency, now, category, recipient_country)
+    card_set = await cards.get(conn, currency, now)
+    found = card_set.price(now, category, recipient_country)
+    if not (check_later and found is not None and found[0] > 0):
+        card_set = await cards.checked(conn, currency, now)
+        found = card_set.price(now, category, recipient_country)
     if found is None:
         raise FailedPrecondition(
             "NO_PRICE",
@@ -98,4 +103,4 @@ async def quote(
             ],
         )
     price, version = found
-    return Quote(price, currency, rule, version, wallet)
+    return Quote(price, currency, rule, version, wallet, card_set.latest)

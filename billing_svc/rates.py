@@ -39,6 +39,7 @@ async def set_rate_card(
     effective_time: datetime,
     entries: Sequence[Entry],
 ) -> Card:
+    await store.lock_rate_cards(session, currency)
     version = await store.latest_version(session, currency) + 1
     row = {
         "id": new_id(),

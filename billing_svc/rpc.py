@@ -9,14 +9,16 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from billing_svc import accounts, charges, convert, inputs, pricing, rates, statements, store
+from billing_svc.cardcache import RateCards
+from billing_svc.directory import Directory
 from billing_svc.models import AccountRow, idempotency
+from billing_svc.once import Once, Tx
 from bizmsg.billing.v1 import billing_pb2 as pb
 from bizmsg.billing.v1 import billing_pb2_grpc
 from bizmsg.common.v1 import common_pb2
 from bizmsg.kit.auth import Principal, current_principal
 from bizmsg.kit.clock import Clock
 from bizmsg.kit.errors import PermissionDenied
-from bizmsg.kit.idempotency import Idempotency
 from bizmsg.kit.storage import Database
 from bizmsg.kit.timeutil import from_duration, from_timestamp, to_timestamp
 from bizmsg.kit.validation import (
@@ -52,17 +54,31 @@ def _can_read(p: Principal, row: AccountRow) -> bool:
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, db: Database, clock: Clock, authorization_timeout: timedelta) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        authorization_timeout: timedelta,
+        *,
+        revenue_shards: int = 1,
+    ) -> None:
         self.db = db
         self.clock = clock
-        self.idem = Idempotency(idempotency, clock)
+        self.once = Once(db, idempotency, clock)
         self.authorization_timeout = authorization_timeout
+        # Identities of accounts and rate-card versions: immutable, so safe to keep (see there).
+        self.directory = Directory(revenue_shards=revenue_shards)
+        self.cards = RateCards()
 
     async def _once(
         self, method: str, request: Any, response_type: type[R], work: Callable[[Any], Awaitable[R]]
     ) -> R:
-        """Run a mutating RPC exactly once per request_id (kit idempotency)."""
-        return await self.idem.run(self.db, method, request, response_type, work)
+        """Run a mutating RPC exactly once per request_id; work gets the session."""
+
+        async def in_tx(tx: Tx) -> R:
+            return await work(tx.session)
+
+        return await self.once.run(method, request, response_type, in_tx)
 
     # Accounts
 
@@ -209,7 +225,10 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             )
             return pb.SetRateCardResponse(rate_card=convert.rate_card(card))
 
-        return await self._once("SetRateCard", request, pb.SetRateCardResponse, work)
+        response = await self._once("SetRateCard", request, pb.SetRateCardResponse, work)
+        # Other replicas notice by the version number; this one need not even try first.
+        self.cards.forget(request.currency_code)
+        return response
 
     async def GetRateCard(self, request: pb.GetRateCardRequest, context: Any) -> Any:
         v = Validator()
@@ -241,8 +260,10 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         v.raise_if_any()
         async with self.db.read() as session:
             q = await pricing.quote(
-                session,
+                await session.connection(),
                 self.clock.now(),
+                self.directory,
+                self.cards,
                 business_id=request.business_id,
                 recipient_country=request.recipient_country,
                 category=request.category,
@@ -269,19 +290,28 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                 timeout = from_duration(request.timeout)
         v.raise_if_any()
 
-        async def work(session: Any) -> pb.AuthorizeChargeResponse:
-            auth = await charges.authorize(
-                session,
+        async def work(tx: Tx) -> pb.AuthorizeChargeResponse:
+            response = pb.AuthorizeChargeResponse()
+
+            async def claim(auth: charges.Authorization) -> None:
+                response.CopyFrom(convert.authorization(auth))
+                await tx.save(response)
+
+            await charges.authorize(
+                tx.session,
                 self.clock.now(),
+                self.directory,
+                self.cards,
                 business_id=request.business_id,
                 recipient_country=request.recipient_country,
                 category=request.category,
                 window=request.window,
                 hold=timeout,
+                claim=claim,
             )
-            return convert.authorization(auth)
+            return response
 
-        return await self._once("AuthorizeCharge", request, pb.AuthorizeChargeResponse, work)
+        return await self.once.run("AuthorizeCharge", request, pb.AuthorizeChargeResponse, work)
 
     async def CaptureCharge(self, request: pb.CaptureChargeRequest, context: Any) -> Any:
         _only_service("delivery", "capture message charges")
@@ -290,16 +320,19 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         check_id(v, "authorization_id", request.authorization_id)
         v.raise_if_any()
 
-        async def work(session: Any) -> pb.CaptureChargeResponse:
-            r = await charges.capture(session, self.clock.now(), request.authorization_id)
-            return pb.CaptureChargeResponse(
-                authorization_id=r.authorization_id,
-                state=r.state,  # type: ignore[arg-type]
-                amount=convert.money(r.amount, r.currency),
-                transfer_id=r.transfer_id,
-            )
+        async def work(tx: Tx) -> pb.CaptureChargeResponse:
+            response = pb.CaptureChargeResponse()
 
-        return await self._once("CaptureCharge", request, pb.CaptureChargeResponse, work)
+            async def claim(r: charges.Resolution) -> None:
+                response.CopyFrom(convert.resolution(pb.CaptureChargeResponse, r))
+                await tx.save(response)
+
+            await charges.capture(
+                tx.session, self.clock.now(), request.authorization_id, claim=claim
+            )
+            return response
+
+        return await self.once.run("CaptureCharge", request, pb.CaptureChargeResponse, work)
 
     async def VoidCharge(self, request: pb.VoidChargeRequest, context: Any) -> Any:
         _only_service("delivery", "void message charges")
@@ -309,18 +342,19 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         check_enum(v, "reason", request.reason, pb.VoidReason)
         v.raise_if_any()
 
-        async def work(session: Any) -> pb.VoidChargeResponse:
-            r = await charges.void(
-                session, self.clock.now(), request.authorization_id, request.reason
-            )
-            return pb.VoidChargeResponse(
-                authorization_id=r.authorization_id,
-                state=r.state,  # type: ignore[arg-type]
-                amount=convert.money(r.amount, r.currency),
-                transfer_id=r.transfer_id,
-            )
+        async def work(tx: Tx) -> pb.VoidChargeResponse:
+            response = pb.VoidChargeResponse()
 
-        return await self._once("VoidCharge", request, pb.VoidChargeResponse, work)
+            async def claim(r: charges.Resolution) -> None:
+                response.CopyFrom(convert.resolution(pb.VoidChargeResponse, r))
+                await tx.save(response)
+
+            await charges.void(
+                tx.session, self.clock.now(), request.authorization_id, request.reason, claim=claim
+            )
+            return response
+
+        return await self.once.run("VoidCharge", request, pb.VoidChargeResponse, work)
 
     # Ad charges
 
@@ -338,6 +372,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             c = await charges.charge_ad_event(
                 session,
                 self.clock.now(),
+                self.directory,
                 event_id=request.request_id,
                 campaign_id=request.campaign_id,
                 account_id=request.account_id,

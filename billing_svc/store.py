@@ -1,21 +1,23 @@
 """Storage of the billing tables: queries only, no rules.
 
-Row locks: every write that changes balances locks its rows with SELECT ... FOR UPDATE
-(PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers) in one fixed order —
-authorization, then the customer account, then the system account — so two transactions
-never wait on each other in a cycle. `populate_existing` makes a locking read refresh a
-row the session had already loaded, so the checks see the locked values.
+Row locks, in one fixed order so two transactions never wait on each other in a cycle:
+the authorization, then the customer account, then the platform account. The hot path
+(charges, postings) takes them with the UPDATE that changes the row; the rest with
+SELECT ... FOR UPDATE (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers),
+where `populate_existing` makes a locking read refresh a row the session had already
+loaded, so the checks see the locked values.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import Row, Table, bindparam, case, func, insert, null, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from billing_svc import ledger
 from billing_svc.models import (
@@ -26,6 +28,7 @@ from billing_svc.models import (
     TransferRow,
 )
 from bizmsg.kit.ids import new_id
+from bizmsg.kit.storage import UTCDateTime
 
 PLATFORM_OWNER = "platform"
 
@@ -74,18 +77,19 @@ async def list_accounts(
     return (await session.execute(q)).scalars().all()
 
 
-async def insert_account(
-    session: AsyncSession,
+def account_values(
     *,
+    id: str,
     owner: str,
     kind: int,
     currency: str,
     credit_limit: int,
     now: datetime,
-    if_absent: bool = False,
-) -> None:
-    values: dict[str, Any] = {
-        "id": new_id(),
+    shard: int = 0,
+) -> dict[str, Any]:
+    return {
+        "shard": shard,
+        "id": id,
         "owner": owner,
         "kind": kind,
         "currency": currency,
@@ -96,14 +100,31 @@ async def insert_account(
         "credits_pending": 0,
         "create_time": now,
     }
-    stmt: Any
+
+
+def insert_account_stmt(dialect: str, *, if_absent: bool) -> Any:
     if not if_absent:
-        stmt = insert(AccountRow).values(**values)
-    elif session.get_bind().dialect.name == "postgresql":
-        stmt = postgresql.insert(AccountRow).values(**values).on_conflict_do_nothing()
-    else:
-        stmt = sqlite.insert(AccountRow).values(**values).on_conflict_do_nothing()
-    await session.execute(stmt)
+        return insert(AccountRow)
+    if dialect == "postgresql":
+        return postgresql.insert(AccountRow).on_conflict_do_nothing()
+    return sqlite.insert(AccountRow).on_conflict_do_nothing()
+
+
+async def insert_account(
+    session: AsyncSession,
+    *,
+    owner: str,
+    kind: int,
+    currency: str,
+    credit_limit: int,
+    now: datetime,
+    if_absent: bool = False,
+) -> None:
+    values = account_values(
+        id=new_id(), owner=owner, kind=kind, currency=currency, credit_limit=credit_limit, now=now
+    )
+    stmt = insert_account_stmt(session.get_bind().dialect.name, if_absent=if_absent)
+    await session.execute(stmt.values(**values))
 
 
 async def system_account(
@@ -142,28 +163,28 @@ async def add_to_account(session: AsyncSession, account_id: str, d: ledger.Delta
     )
 
 
-async def insert_transfer(session: AsyncSession, **values: Any) -> None:
-    defaults: dict[str, Any] = {
-        "pending": False,
-        "post_pending": False,
-        "void_pending": False,
-        "pending_id": None,
-        "category": 0,
-        "recipient_country": "",
-        "campaign_id": "",
-        "ad_event_kind": 0,
-        "reference": "",
-    }
-    await session.execute(insert(TransferRow).values(**{**defaults, **values}))
+_TRANSFER_DEFAULTS: dict[str, Any] = {
+    "pending": False,
+    "post_pending": False,
+    "void_pending": False,
+    "pending_id": None,
+    "category": 0,
+    "recipient_country": "",
+    "campaign_id": "",
+    "ad_event_kind": 0,
+    "reference": "",
+}
+# Core statements built once: the hot path skips the ORM unit of work and statement building.
+_INSERT_TRANSFER = insert(cast(Table, TransferRow.__table__))
+_INSERT_AUTHORIZATION = insert(cast(Table, AuthorizationRow.__table__))
 
 
-async def get_transfer(session: AsyncSession, transfer_id: str) -> TransferRow | None:
-    q = select(TransferRow).where(TransferRow.id == transfer_id)
-    return (await session.execute(q)).scalar_one_or_none()
+async def insert_transfer(conn: AsyncConnection, **values: Any) -> None:
+    await conn.execute(_INSERT_TRANSFER, {**_TRANSFER_DEFAULTS, **values})
 
 
-async def insert_authorization(session: AsyncSession, **values: Any) -> None:
-    await session.execute(insert(AuthorizationRow).values(**values))
+async def insert_authorization(conn: AsyncConnection, **values: Any) -> None:
+    await conn.execute(_INSERT_AUTHORIZATION, values)
 
 
 async def get_authorization(
@@ -175,24 +196,67 @@ async def get_authorization(
     return (await session.execute(q)).scalar_one_or_none()
 
 
-async def resolve_authorization(
-    session: AsyncSession,
+def _resolve_stmt(*, expired: bool) -> Any:
+    a = cast(Table, AuthorizationRow.__table__)
+    tr = cast(Table, TransferRow.__table__)
+    now = bindparam("now", type_=UTCDateTime)
+    due = a.c.expire_time <= now if expired else a.c.expire_time > now
+    # The pending transfer's credit account (the platform account the money went to).
+    credit = (
+        select(tr.c.credit_account_id)
+        .where(tr.c.id == a.c.pending_transfer_id)
+        .scalar_subquery()
+        .label("credit_account_id")
+    )
+    return (
+        update(a)
+        .where(a.c.id == bindparam("authorization_id"), a.c.state == bindparam("open"), due)
+        .values(
+            state=bindparam("state"),
+            void_reason=bindparam("void_reason"),
+            resolve_time=now,
+            resolve_transfer_id=case(
+                (a.c.pending_transfer_id.is_(None), null()), else_=bindparam("transfer_id")
+            ),
+        )
+        .returning(
+            a.c.account_id,
+            a.c.pending_transfer_id,
+            a.c.amount,
+            a.c.currency,
+            a.c.category,
+            a.c.recipient_country,
+            credit,
+        )
+    )
+
+
+_RESOLVE = {expired: _resolve_stmt(expired=expired) for expired in (False, True)}
+
+
+async def resolve_open(
+    conn: AsyncConnection,
     authorization_id: str,
     *,
+    open_state: int,
     state: int,
-    transfer_id: str | None,
     void_reason: int,
+    transfer_id: str,
     now: datetime,
-) -> None:
-    t = AuthorizationRow
-    await session.execute(
-        update(t)
-        .where(t.id == authorization_id)
-        .values(
-            state=state, resolve_transfer_id=transfer_id, void_reason=void_reason, resolve_time=now
-        )
-        .execution_options(synchronize_session=False)
-    )
+    expired: bool,
+) -> Row[Any] | None:
+    """Move an open authorization to `state` in one statement (which also locks it): only if
+    it is still `open_state` and, with expired=False, not yet past its expire_time (with
+    expired=True, only once past it). Returns what resolving it needs, or None."""
+    params = {
+        "authorization_id": authorization_id,
+        "open": open_state,
+        "state": state,
+        "void_reason": void_reason,
+        "transfer_id": transfer_id,
+        "now": now,
+    }
+    return (await conn.execute(_RESOLVE[expired], params)).first()
 
 
 async def expired_authorizations(
@@ -226,6 +290,15 @@ async def rate_card_version(
     return (await session.execute(q)).scalar_one_or_none()
 
 
+async def lock_rate_cards(session: AsyncSession, currency: str) -> None:
+    """Serialise writers of a currency's rate cards until commit, so concurrent SetRateCard
+    calls take consecutive version numbers instead of failing on the unique index. SQLite
+    writers are serialised already."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = zlib.crc32(f"billing.rate_cards.{currency}".encode())
+        await session.execute(select(func.pg_advisory_xact_lock(key)))
+
+
 async def latest_version(session: AsyncSession, currency: str) -> int:
     q = select(func.max(RateCardRow.version)).where(RateCardRow.currency == currency)
     return int((await session.execute(q)).scalar_one_or_none() or 0)
@@ -246,29 +319,6 @@ async def rate_card_prices(session: AsyncSession, rate_card_id: str) -> Sequence
         .order_by(RatePriceRow.category, RatePriceRow.recipient_country)
     )
     return (await session.execute(q)).scalars().all()
-
-
-async def price_at(
-    session: AsyncSession, currency: str, at: datetime, category: int, country: str
-) -> tuple[int, int] | None:
-    """(price, version) from the card in force at `at`: the country's own price, else the
-    card's default ("") for the category. One indexed query on the hot path."""
-    card = (
-        select(RateCardRow.id, RateCardRow.version)
-        .where(RateCardRow.currency == currency, RateCardRow.effective_time <= at)
-        .order_by(RateCardRow.effective_time.desc(), RateCardRow.version.desc())
-        .limit(1)
-        .subquery()
-    )
-    p = RatePriceRow
-    q = (
-        select(p.recipient_country, p.price, card.c.version)
-        .join(card, p.rate_card_id == card.c.id)
-        .where(p.category == category, p.recipient_country.in_((country, "")))
-    )
-    rows = (await session.execute(q)).all()
-    found = {r.recipient_country: (int(r.price), int(r.version)) for r in rows}
-    return found.get(country) or found.get("")
 
 
 def _side(column: Any, account_id: str, start: datetime | None, end: datetime | None) -> Any:

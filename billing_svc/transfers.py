@@ -37,7 +37,7 @@ async def execute(
     )
     transfer_id = new_id()
     await store.insert_transfer(
-        session,
+        await session.connection(),
         id=transfer_id,
         debit_account_id=debit.id,
         credit_account_id=credit.id,

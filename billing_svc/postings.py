@@ -1,0 +1,158 @@
+"""One side of a transfer as one guarded UPDATE: the ledger's checks (ledger.check_debit and
+ledger.check_credit) written as the WHERE clause, so a single statement checks and applies.
+
+It is atomic under any concurrency: PostgreSQL, after waiting for a row lock, evaluates the
+WHERE again on the newest row version; SQLite serialises writers. When the guard refuses
+(0 rows), `post` locks the row, runs the Python check for the exact error, and applies the
+change itself if a concurrent commit made it fine after all.
+
+Every arithmetic step stays inside int64 whatever the column values (each is 0..2^63-1), so
+PostgreSQL never raises "bigint out of range" and SQLite never falls back to floating point.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, cast
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    case,
+    false,
+    func,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from billing_svc import ledger
+from billing_svc.models import AccountRow, RateCardRow
+
+_T = cast(Table, AccountRow.__table__)
+_CARDS = cast(Table, RateCardRow.__table__)
+_COLUMNS = ("credits_posted", "debits_posted", "debits_pending", "credits_pending")
+_AMOUNT = bindparam("amount", type_=BigInteger)
+_MAX = literal(ledger.INT64_MAX, BigInteger)
+
+
+class Side(enum.Enum):
+    DEBIT = 0
+    CREDIT = 1
+
+
+def funds_guard(amount: ColumnElement[int]) -> ColumnElement[bool]:
+    """debits_posted + debits_pending + amount <= credits_posted + credit_limit, with no
+    intermediate value outside int64: x + y >= amount where x = credit_limit - debits_posted
+    and y = credits_posted - debits_pending (each within +-int64); CASE fixes the order of
+    evaluation, so a branch that could overflow is never computed."""
+    c = _T.c
+    x = c.credit_limit - c.debits_posted
+    y = c.credits_posted - c.debits_pending
+    return case((x >= 0, y >= amount - x), (y >= 0, x + y >= amount), else_=false())
+
+
+def _guard(op: ledger.Op, side: Side) -> list[ColumnElement[bool]]:
+    delta = ledger.deltas(op, 1)[side.value]
+    conds: list[ColumnElement[bool]] = []
+    for name in _COLUMNS:
+        sign = getattr(delta, name)
+        if sign > 0:
+            conds.append(_T.c[name] <= _MAX - _AMOUNT)
+        elif sign < 0:
+            conds.append(_T.c[name] >= _AMOUNT)
+    if side is Side.DEBIT and delta.debits_posted + delta.debits_pending > 0:
+        conds.append(funds_guard(_AMOUNT))
+    return conds
+
+
+def _values(op: ledger.Op, side: Side) -> dict[str, Any]:
+    delta = ledger.deltas(op, 1)[side.value]
+    out: dict[str, Any] = {}
+    for name in _COLUMNS:
+        sign = getattr(delta, name)
+        if sign:
+            out[name] = _T.c[name] + _AMOUNT if sign > 0 else _T.c[name] - _AMOUNT
+    return out
+
+
+def _build(op: ledger.Op, side: Side, *, guarded: bool, card_check: bool = False) -> Update:
+    conds = [_T.c.id == bindparam("account_id")]
+    if guarded:
+        conds += _guard(op, side)
+    if card_check:
+        # The rate-card cache is still current: no version was added since it was loaded.
+        latest = (
+            select(func.coalesce(func.max(_CARDS.c.version), 0))
+            .where(_CARDS.c.currency == bindparam("card_currency"))
+            .scalar_subquery()
+        )
+        conds.append(latest == bindparam("card_version", type_=BigInteger))
+    return update(_T).where(and_(*conds)).values(**_values(op, side))
+
+
+_GUARDED = {(op, side): _build(op, side, guarded=True) for op in ledger.Op for side in Side}
+_PLAIN = {(op, side): _build(op, side, guarded=False) for op in ledger.Op for side in Side}
+_RESERVE = _build(ledger.Op.PENDING, Side.DEBIT, guarded=True, card_check=True)
+_LOCK = (
+    select(_T.c.id, _T.c.currency, _T.c.credit_limit, *(_T.c[n] for n in _COLUMNS))
+    .where(_T.c.id == bindparam("account_id"))
+    .with_for_update()
+)
+
+
+async def try_post(
+    conn: AsyncConnection, op: ledger.Op, side: Side, account_id: str, amount: int
+) -> bool:
+    """Apply one side if the ledger allows it; False (nothing changed) when it does not."""
+    result = await conn.execute(_GUARDED[op, side], {"account_id": account_id, "amount": amount})
+    return result.rowcount == 1
+
+
+async def try_reserve(
+    conn: AsyncConnection, account_id: str, amount: int, currency: str, card_version: int
+) -> bool:
+    """Reserve `amount` on a wallet if it can pay and `card_version` is still the newest rate
+    card of `currency`; False (nothing changed) otherwise."""
+    result = await conn.execute(
+        _RESERVE,
+        {
+            "account_id": account_id,
+            "amount": amount,
+            "card_currency": currency,
+            "card_version": card_version,
+        },
+    )
+    return result.rowcount == 1
+
+
+async def post_locked(
+    conn: AsyncConnection, op: ledger.Op, side: Side, account_id: str, amount: int
+) -> None:
+    """The slow path: lock the row, check in Python (raising the exact error), apply."""
+    row = (await conn.execute(_LOCK, {"account_id": account_id})).one()
+    b = ledger.Balances(
+        account_id=row.id,
+        currency=row.currency,
+        credit_limit=row.credit_limit,
+        credits_posted=row.credits_posted,
+        debits_posted=row.debits_posted,
+        debits_pending=row.debits_pending,
+        credits_pending=row.credits_pending,
+    )
+    check = ledger.check_debit if side is Side.DEBIT else ledger.check_credit
+    check(op, b, amount)
+    await conn.execute(_PLAIN[op, side], {"account_id": account_id, "amount": amount})
+
+
+async def post(
+    conn: AsyncConnection, op: ledger.Op, side: Side, account_id: str, amount: int
+) -> None:
+    """Apply one side of a transfer, or raise the ledger's error with nothing changed."""
+    if not await try_post(conn, op, side, account_id, amount):
+        await post_locked(conn, op, side, account_id, amount)
