@@ -5,7 +5,8 @@ Configuration (environment):
   BIZMSG_DELIVERY_BUNDLE_LIMIT_PER_MINUTE   bundle fetches per requester and target a minute (60)
   BIZMSG_DELIVERY_BUNDLE_LIMIT_PER_REQUESTER  bundle fetches per requester a minute (1000)
   BIZMSG_DELIVERY_POLL_INTERVAL             seconds between database polls of open streams (1.0)
-  BIZMSG_DELIVERY_RELAY_INTERVAL            seconds between outbox relay runs (0.2)
+  BIZMSG_DELIVERY_RELAY_INTERVAL            seconds between outbox sweeps; commits that queue
+                                            outbox work wake the relay at once (1.0)
   BIZMSG_DELIVERY_SWEEP_INTERVAL            seconds between expiry sweeps (1.0)
 """
 
@@ -51,15 +52,13 @@ async def build(runtime: Runtime) -> DeliveryServicer:
         LimitSettings(pair_per_minute=s.env_int("BIZMSG_DELIVERY_PAIR_LIMIT_PER_MINUTE", 10)),
     )
     mailbox = Mailbox(db, clock, notifier, s.env_float("BIZMSG_DELIVERY_POLL_INTERVAL", 1.0))
-    relay = Relay(db, clock, deps, notifier)
-
-    async def relay_outbox() -> None:
-        await relay.relay_outbox()
+    relay = Relay(db, clock, deps, notifier, s.env_float("BIZMSG_DELIVERY_RELAY_INTERVAL", 1.0))
 
     async def expire_due() -> None:
         await relay.expire_due()
 
-    runtime.every(s.env_float("BIZMSG_DELIVERY_RELAY_INTERVAL", 0.2), relay_outbox, "outbox-relay")
+    # The relay job waits for a wake-up or its interval itself (Relay.run).
+    runtime.every(0, relay.run, "outbox-relay")
     runtime.every(s.env_float("BIZMSG_DELIVERY_SWEEP_INTERVAL", 1.0), expire_due, "expiry-sweep")
     return DeliveryServicer(db, clock, idem, keys, sending, mailbox, notifier)
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bizmsg.billing.v1 import billing_pb2
 from delivery_svc import store
-from delivery_svc.models import Envelope
 from delivery_svc.policy import Status
+from delivery_svc.statuses import record_moves
 
 REASON = "RECIPIENT_DEVICE_RESET"
 
@@ -28,50 +27,40 @@ async def fail_lost_messages(
 ) -> set[str]:
     """Drops the device's envelopes and fails the messages left with none; returns the
     senders whose status feeds changed. Runs in the caller's write transaction."""
-    waiting = select(Envelope.message_id).where(
-        Envelope.recipient == owner, Envelope.device_id == device_id
-    )
-    messages = await store.get_messages(
-        session, [str(m) for m in (await session.scalars(waiting)).all()]
-    )
+    conn = await session.connection()
+    messages = await store.waiting_messages(conn, owner, device_id, None)
     if not messages:
         return set()
     # Senders first, in sorted order, then envelopes: the order acks and expiry lock in.
-    locked = {x: await store.lock_sender(session, x) for x in sorted({m.sender for m in messages})}
-    await session.execute(
-        delete(Envelope).where(Envelope.recipient == owner, Envelope.device_id == device_id)
-    )
+    seqs = await store.lock_senders(conn, (m.sender for m in messages))
+    await store.delete_envelopes(conn, owner, device_id, None)
     ids = [m.message_id for m in messages]
-    still_waiting = set(
-        (
-            await session.scalars(
-                select(Envelope.message_id).where(Envelope.message_id.in_(ids)).distinct()
-            )
-        ).all()
+    still_waiting = await store.messages_with_envelopes(conn, ids)
+    moved = await store.move_statuses(
+        conn,
+        [i for i in ids if i not in still_waiting],
+        Status.MESSAGE_STATUS_ACCEPTED,
+        Status.MESSAGE_STATUS_FAILED,
+        now,
     )
-    changed: set[str] = set()
-    for message in messages:
-        if message.message_id in still_waiting or not await store.move_status(
-            session,
-            message.message_id,
-            Status.MESSAGE_STATUS_ACCEPTED,
-            Status.MESSAGE_STATUS_FAILED,
-            now,
-        ):
-            continue
-        await store.append_event(
-            session, locked[message.sender], message, Status.MESSAGE_STATUS_FAILED, now, REASON
-        )
-        changed.add(message.sender)
-        if message.authorization_id:
-            store.add_outbox(
-                session,
+    return await record_moves(
+        conn,
+        seqs,
+        [m for m in messages if m.message_id in moved],
+        Status.MESSAGE_STATUS_FAILED,
+        now,
+        reason=REASON,
+        outbox=lambda m: (
+            store.outbox_row(
                 "VOID",
                 {
-                    "message_id": message.message_id,
-                    "authorization_id": message.authorization_id,
+                    "message_id": m.message_id,
+                    "authorization_id": m.authorization_id,
                     "reason": str(billing_pb2.VOID_REASON_FAILED),
                 },
                 now,
             )
-    return changed
+            if m.authorization_id
+            else None
+        ),
+    )

@@ -19,7 +19,7 @@ from bizmsg.kit.storage import Database
 from delivery_svc import store
 from delivery_svc.dependencies import Dependencies
 from delivery_svc.device_reset import fail_lost_messages
-from delivery_svc.notify import Notifier, status_key
+from delivery_svc.notify import OUTBOX, Notifier, status_key
 from delivery_svc.policy import (
     MAX_PRE_KEYS_PER_DEVICE,
     consent_reason,
@@ -95,6 +95,8 @@ class KeyDirectory:
         )
         for sender in changed:
             self.notifier.notify(status_key(sender))
+        if changed:
+            self.notifier.notify(OUTBOX)  # voids of the messages that failed
         return response
 
     async def count(self, owner: Principal, device_id: str) -> int:

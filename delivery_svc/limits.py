@@ -1,8 +1,11 @@
 """Messaging limits of a business: per second, per business->person pair, unique people / 24 h.
 
-Checked twice per send: once before consent and billing are asked (so an over-limit send
-costs nothing), and again inside the store transaction with the sender's row locked, where
-the counters are also moved, so the limits hold exactly under concurrency.
+Read once, in the read transaction before consent and billing are asked (`precheck`, so an
+over-limit send costs nothing), with the recipient's devices (store.recipient_and_limits,
+one statement). Counted exactly in
+the store transaction, with the sender's row locked (`count`): the counters are bumped with
+RETURNING and a count past its limit refuses the send, rolling the bump back with it. The
+configured limits are those read at arrival; only the counters must be exact.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bizmsg.common.v1 import common_pb2
 from bizmsg.kit.errors import ResourceExhausted
@@ -24,34 +27,41 @@ class LimitSettings:
     pair_per_minute: int = 10
 
 
-async def load(session: AsyncSession, business_id: str) -> Limits:
-    row = await store.get_limits(session, business_id)
+async def load(conn: AsyncConnection, business_id: str) -> Limits:
+    row = await store.get_limits(conn, business_id)
     return Limits() if row is None else Limits(row.messages_per_second, row.tier)
 
 
-def _keys(business_id: str, person_id: str, now: datetime) -> tuple[str, int, str, int]:
+def configured(state: store.LimitState) -> Limits:
+    if state.messages_per_second is None or state.tier is None:
+        return Limits()
+    return Limits(state.messages_per_second, state.tier)
+
+
+def counters(
+    business_id: str, person_id: str, now: datetime
+) -> tuple[tuple[str, int], tuple[str, int]]:
+    """(per-second key, its window), (per-pair key, its window) of a message arriving now."""
     ts = now.timestamp()
     return (
-        f"mps:{business_id}",
-        second_window(ts),
-        f"pair:{business_id}:{person_id}",
-        minute_window(ts),
+        (f"mps:{business_id}", second_window(ts)),
+        (f"pair:{business_id}:{person_id}", minute_window(ts)),
     )
 
 
-async def check(
-    session: AsyncSession,
+def _rate_errors(
     settings: LimitSettings,
+    limits: Limits,
     business_id: str,
     person_id: str,
-    window_kind: int,
     now: datetime,
+    second_count: int,
+    pair_count: int,
 ) -> None:
-    """Raises RESOURCE_EXHAUSTED (QuotaFailure + RetryInfo) when this message would pass a limit."""
-    limits = await load(session, business_id)
-    mps_key, second, pair_key, minute = _keys(business_id, person_id, now)
+    """Raises when a counter (including this message) passes its limit."""
     ts = now.timestamp()
-    if await store.counter(session, mps_key, second) >= limits.messages_per_second:
+    (_, second), (_, minute) = counters(business_id, person_id, now)
+    if second_count > limits.messages_per_second:
         raise ResourceExhausted(
             "RATE_LIMITED",
             f"business {business_id} may send {limits.messages_per_second} messages per second",
@@ -60,7 +70,7 @@ async def check(
             ],
             retry_after=max(0.001, second + 1 - ts),
         )
-    if await store.counter(session, pair_key, minute) >= settings.pair_per_minute:
+    if pair_count > settings.pair_per_minute:
         raise ResourceExhausted(
             "PAIR_RATE_LIMITED",
             f"business {business_id} may send {settings.pair_per_minute} messages per minute "
@@ -73,14 +83,55 @@ async def check(
             ],
             retry_after=max(0.001, minute + 60 - ts),
         )
-    if window_kind != common_pb2.WINDOW_KIND_NONE or limits.unique_people is None:
+
+
+def precheck(
+    settings: LimitSettings,
+    state: store.LimitState,
+    business_id: str,
+    person_id: str,
+    now: datetime,
+) -> None:
+    """Raises RESOURCE_EXHAUSTED (QuotaFailure + RetryInfo) when this message would pass the
+    per-second or per-pair limit as the counters stood when it arrived."""
+    _rate_errors(
+        settings,
+        configured(state),
+        business_id,
+        person_id,
+        now,
+        state.second_count + 1,
+        state.pair_count + 1,
+    )
+
+
+async def count(
+    conn: AsyncConnection,
+    settings: LimitSettings,
+    state: store.LimitState,
+    business_id: str,
+    person_id: str,
+    window_kind: int,
+    now: datetime,
+) -> None:
+    """Counts an accepted message, or raises (and the caller's rollback uncounts it). Runs in
+    the store transaction with the sender's row locked, so concurrent sends count exactly."""
+    limits = configured(state)
+    counts = await store.bump_counters(conn, counters(business_id, person_id, now))
+    (second_key, _), (pair_key, _) = counters(business_id, person_id, now)
+    _rate_errors(
+        settings, limits, business_id, person_id, now, counts[second_key], counts[pair_key]
+    )
+    if window_kind != common_pb2.WINDOW_KIND_NONE:
         return
     since = now - UNIQUE_PEOPLE_PERIOD
-    started = await store.conversation_start(session, business_id, person_id)
-    if started is not None and started > since:
-        return  # already counted in this period
-    count, oldest = await store.recent_conversations(session, business_id, since)
-    if count >= limits.unique_people:
+    if state.conversation_start is not None and state.conversation_start > since:
+        return  # counted in this period already (a start only ever moves forward)
+    started = await store.start_conversation(conn, business_id, person_id, now, since)
+    if not started or limits.unique_people is None:
+        return
+    people, oldest = await store.recent_conversations(conn, business_id, since)
+    if people > limits.unique_people:
         wait = (oldest + UNIQUE_PEOPLE_PERIOD - now).total_seconds() if oldest else 1.0
         raise ResourceExhausted(
             "UNIQUE_PEOPLE_LIMITED",
@@ -91,16 +142,3 @@ async def check(
             ],
             retry_after=max(0.001, wait),
         )
-
-
-async def record(
-    session: AsyncSession, business_id: str, person_id: str, window_kind: int, now: datetime
-) -> None:
-    """Counts an accepted message (after `check` passed in the same transaction)."""
-    mps_key, second, pair_key, minute = _keys(business_id, person_id, now)
-    await store.bump_counter(session, mps_key, second)
-    await store.bump_counter(session, pair_key, minute)
-    if window_kind == common_pb2.WINDOW_KIND_NONE:
-        started = await store.conversation_start(session, business_id, person_id)
-        if started is None or started <= now - UNIQUE_PEOPLE_PERIOD:
-            await store.put_conversation_start(session, business_id, person_id, now)

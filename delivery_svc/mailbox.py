@@ -1,8 +1,7 @@
 """Receiving side: mailbox streams, acks (DELIVERED + capture), reads, and status feeds.
 
-Every status change locks the sender's row first (store.lock_sender), then moves the
-message with a compare-and-set, so a state only moves forward, a repeat is a no-op, and
-the sender's event sequence has no gaps in commit order.
+Every status change locks the senders' rows first, then moves the messages with a
+compare-and-set, then records the events (see statuses.py).
 """
 
 from __future__ import annotations
@@ -11,8 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from bizmsg.common.v1 import common_pb2
 from bizmsg.delivery.v1 import delivery_pb2
@@ -22,9 +20,9 @@ from bizmsg.kit.errors import FailedPrecondition, NotFound
 from bizmsg.kit.storage import Database
 from bizmsg.kit.timeutil import to_timestamp
 from delivery_svc import store
-from delivery_svc.models import Envelope, Message
 from delivery_svc.notify import Notifier, mailbox_key, status_key
 from delivery_svc.policy import Status, status_name
+from delivery_svc.statuses import record_moves
 
 # Envelopes read per poll of a mailbox; a device acks to make room for more.
 MAILBOX_BATCH = 1000
@@ -42,13 +40,7 @@ class Mailbox:
 
     async def require_device(self, owner: Principal, device_id: str) -> None:
         async with self.db.read() as s:
-            if await store.get_device(s, str(owner), device_id) is None:
-                raise NotFound(
-                    "DEVICE_NOT_FOUND",
-                    f"{owner} has no device {device_id!r}; publish its keys first",
-                    resource_type="device",
-                    resource_name=f"{owner}/{device_id}",
-                )
+            await self._require_device(await s.connection(), owner, device_id)
 
     async def _wait(self, event: asyncio.Event) -> None:
         with contextlib.suppress(TimeoutError):
@@ -66,14 +58,14 @@ class Mailbox:
                 event.clear()
                 async with self.db.read() as s:
                     rows = await store.mailbox(
-                        s, str(owner), device_id, self.clock.now(), MAILBOX_BATCH
+                        await s.connection(), str(owner), device_id, self.clock.now(), MAILBOX_BATCH
                     )
-                waiting = {m.message_id for _, m in rows}
+                waiting = {r.message_id for r in rows}
                 sent &= waiting  # acked ones are gone for good; keeps the set small
-                fresh = [(e, m) for e, m in rows if m.message_id not in sent]
-                for envelope, message in fresh:
-                    sent.add(message.message_id)
-                    yield _incoming(envelope, message)
+                fresh = [r for r in rows if r.message_id not in sent]
+                for row in fresh:
+                    sent.add(row.message_id)
+                    yield _incoming(row)
                 if not fresh:
                     if not follow:
                         return
@@ -83,48 +75,45 @@ class Mailbox:
         self, session: AsyncSession, owner: Principal, device_id: str, message_ids: Sequence[str]
     ) -> tuple[delivery_pb2.AckMessagesResponse, set[str]]:
         """Deletes the device's envelopes; the first ack of a message makes it DELIVERED and
-        queues its capture. Returns the response and the senders whose feeds changed."""
-        q = (
-            select(Message.sender)
-            .join(Envelope, Envelope.message_id == Message.message_id)
-            .where(
-                Envelope.recipient == str(owner),
-                Envelope.device_id == device_id,
-                Envelope.message_id.in_(list(message_ids)),
-            )
-            .distinct()
+        queues its capture. Returns the response and the senders whose feeds changed.
+        Statements: the waiting messages, their senders locked, envelopes deleted (RETURNING),
+        statuses moved (RETURNING), events, sequence numbers, outbox rows."""
+        conn = await session.connection()
+        waiting = await store.waiting_messages(conn, str(owner), device_id, message_ids)
+        if not waiting:
+            # Nothing of these is waiting for the device: an unknown device is an error;
+            # otherwise they were acked before (or never sent to it).
+            await self._require_device(conn, owner, device_id)
+            return delivery_pb2.AckMessagesResponse(acknowledged_count=0), set()
+        # Senders first (sorted), then envelopes and messages: the order every writer locks in.
+        seqs = await store.lock_senders(conn, (m.sender for m in waiting))
+        deleted = await store.delete_envelopes(
+            conn, str(owner), device_id, [m.message_id for m in waiting]
         )
-        senders = {str(x) for x in (await session.scalars(q)).all()}
-        locked = {x: await store.lock_sender(session, x) for x in sorted(senders)}
-        deleted = await store.delete_envelopes(session, str(owner), device_id, message_ids)
         now = self.clock.now()
-        changed: set[str] = set()
-        for message in await store.get_messages(session, deleted):
-            if message.sender not in locked:
-                continue
-            moved = await store.move_status(
-                session,
-                message.message_id,
-                Status.MESSAGE_STATUS_ACCEPTED,
-                Status.MESSAGE_STATUS_DELIVERED,
-                now,
-            )
-            if not moved:
-                continue
-            await store.append_event(
-                session, locked[message.sender], message, Status.MESSAGE_STATUS_DELIVERED, now
-            )
-            changed.add(message.sender)
-            if message.authorization_id:
-                store.add_outbox(
-                    session,
+        moved = await store.move_statuses(
+            conn,
+            deleted,
+            Status.MESSAGE_STATUS_ACCEPTED,
+            Status.MESSAGE_STATUS_DELIVERED,
+            now,
+        )
+        changed = await record_moves(
+            conn,
+            seqs,
+            [m for m in waiting if m.message_id in moved],
+            Status.MESSAGE_STATUS_DELIVERED,
+            now,
+            outbox=lambda m: (
+                store.outbox_row(
                     "CAPTURE",
-                    {
-                        "message_id": message.message_id,
-                        "authorization_id": message.authorization_id,
-                    },
+                    {"message_id": m.message_id, "authorization_id": m.authorization_id},
                     now,
                 )
+                if m.authorization_id
+                else None
+            ),
+        )
         return delivery_pb2.AckMessagesResponse(acknowledged_count=len(deleted)), changed
 
     async def mark_read(
@@ -132,7 +121,8 @@ class Mailbox:
     ) -> tuple[delivery_pb2.MarkReadResponse, set[str]]:
         """Moves delivered messages sent to `owner` to READ; nothing changes if any id is
         unknown to the caller or not delivered yet."""
-        messages = await store.get_messages(session, message_ids)
+        conn = await session.connection()
+        messages = await store.get_messages(conn, message_ids)
         mine = {m.message_id: m for m in messages if m.recipient == str(owner)}
         unknown = [i for i in message_ids if i not in mine]
         if unknown:
@@ -154,25 +144,37 @@ class Mailbox:
                 f"message {m.message_id} is {status_name(m.status)}; acknowledge it first",
                 violations=[("MESSAGE_NOT_DELIVERED", m.message_id, status_name(m.status))],
             )
-        senders = sorted({m.sender for m in mine.values()})
-        locked = {x: await store.lock_sender(session, x) for x in senders}
+        delivered = [m for m in mine.values() if m.status == Status.MESSAGE_STATUS_DELIVERED]
+        if not delivered:
+            return delivery_pb2.MarkReadResponse(read_count=0), set()
+        seqs = await store.lock_senders(conn, (m.sender for m in delivered))
         now = self.clock.now()
-        changed: set[str] = set()
-        count = 0
-        for message in mine.values():
-            if await store.move_status(
-                session,
-                message.message_id,
-                Status.MESSAGE_STATUS_DELIVERED,
-                Status.MESSAGE_STATUS_READ,
-                now,
-            ):
-                await store.append_event(
-                    session, locked[message.sender], message, Status.MESSAGE_STATUS_READ, now
-                )
-                changed.add(message.sender)
-                count += 1
-        return delivery_pb2.MarkReadResponse(read_count=count), changed
+        moved = await store.move_statuses(
+            conn,
+            [m.message_id for m in delivered],
+            Status.MESSAGE_STATUS_DELIVERED,
+            Status.MESSAGE_STATUS_READ,
+            now,
+        )
+        changed = await record_moves(
+            conn,
+            seqs,
+            [m for m in delivered if m.message_id in moved],
+            Status.MESSAGE_STATUS_READ,
+            now,
+        )
+        return delivery_pb2.MarkReadResponse(read_count=len(moved)), changed
+
+    async def _require_device(
+        self, conn: AsyncConnection, owner: Principal, device_id: str
+    ) -> None:
+        if not await store.device_exists(conn, str(owner), device_id):
+            raise NotFound(
+                "DEVICE_NOT_FOUND",
+                f"{owner} has no device {device_id!r}; publish its keys first",
+                resource_type="device",
+                resource_name=f"{owner}/{device_id}",
+            )
 
     async def statuses(
         self, sender: Principal, after_seq: int, message_id: str, follow: bool
@@ -182,7 +184,9 @@ class Mailbox:
             while True:
                 event.clear()
                 async with self.db.read() as s:
-                    events = await store.events_after(s, str(sender), seq, message_id, EVENTS_BATCH)
+                    events = await store.events_after(
+                        await s.connection(), str(sender), seq, message_id, EVENTS_BATCH
+                    )
                 for e in events:
                     seq = e.seq
                     yield (
@@ -201,20 +205,20 @@ class Mailbox:
                     await self._wait(event)
 
 
-def _incoming(envelope: Envelope, message: Message) -> delivery_pb2.ReceiveMessagesResponse:
+def _incoming(row: store.Record) -> delivery_pb2.ReceiveMessagesResponse:
     out = delivery_pb2.ReceiveMessagesResponse(
-        message_id=message.message_id,
-        sender=message.sender,
-        sender_device_id=message.sender_device_id,
-        ciphertext=envelope.ciphertext,
-        category=message.category,  # type: ignore[arg-type]
-        send_time=to_timestamp(message.send_time),
-        expire_time=to_timestamp(message.expire_time),
+        message_id=row.message_id,
+        sender=row.sender,
+        sender_device_id=row.sender_device_id,
+        ciphertext=row.ciphertext,
+        category=row.category,
+        send_time=to_timestamp(row.send_time),
+        expire_time=to_timestamp(row.expire_time),
     )
-    if message.referral_click_id or message.referral_campaign_id:
+    if row.referral_click_id or row.referral_campaign_id:
         out.referral.CopyFrom(
             common_pb2.Referral(
-                click_id=message.referral_click_id, campaign_id=message.referral_campaign_id
+                click_id=row.referral_click_id, campaign_id=row.referral_campaign_id
             )
         )
     return out

@@ -28,7 +28,7 @@ from delivery_svc import store
 from delivery_svc.keydir import KeyDirectory
 from delivery_svc.limits import load as load_limits
 from delivery_svc.mailbox import Mailbox
-from delivery_svc.notify import Notifier, status_key
+from delivery_svc.notify import OUTBOX, Notifier, status_key
 from delivery_svc.policy import (
     KEY_SIZE,
     MAX_DEVICES_PER_MESSAGE,
@@ -244,7 +244,6 @@ class DeliveryServicer(delivery_pb2_grpc.DeliveryServiceServicer):
         check_id(v, "device_id", request.device_id, max_len=DEVICE_ID_MAX)
         _check_ids(v, "message_ids", request.message_ids)
         v.raise_if_any()
-        await self.mailbox.require_device(owner, request.device_id)
         changed: set[str] = set()
 
         async def work(s: AsyncSession) -> delivery_pb2.AckMessagesResponse:
@@ -259,6 +258,8 @@ class DeliveryServicer(delivery_pb2_grpc.DeliveryServiceServicer):
         )
         for sender in changed:
             self.notifier.notify(status_key(sender))
+        if changed:
+            self.notifier.notify(OUTBOX)  # the captures just queued
         return response
 
     async def MarkRead(
@@ -345,7 +346,7 @@ class DeliveryServicer(delivery_pb2_grpc.DeliveryServiceServicer):
         if not (caller.is_admin or caller == Principal("business", request.business_id)):
             raise PermissionDenied(message=f"{caller} may not read these limits")
         async with self.db.read() as s:
-            limits = await load_limits(s, request.business_id)
+            limits = await load_limits(await s.connection(), request.business_id)
         return delivery_pb2.GetMessagingLimitsResponse(
             limits=delivery_pb2.MessagingLimits(
                 business_id=request.business_id,

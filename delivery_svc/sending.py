@@ -1,7 +1,14 @@
 """SendMessage: consent and billing first, then the envelope and its outbox row in one commit.
 
-Order for a business: limits (read-only) -> CheckConsent -> AuthorizeCharge -> one write
-transaction (limits again, message, envelopes, ACCEPTED event, outbox, idempotency record).
+Order for a business:
+- one read transaction, two statements: the idempotency replay; the recipient's devices and
+  country with the business's limits and counters (store.recipient_and_limits);
+- CheckConsent, then AuthorizeCharge;
+- one write transaction, six statements when the conversation is counted already: the
+  idempotency record first (a concurrent twin fails on its key and replays the winner's
+  answer), the sender's next sequence number (which locks the sender), the counters (bumped
+  with RETURNING; past a limit the send is refused and the bump rolled back), the message,
+  its envelopes, the ACCEPTED event.
 Limits count a message in the window of its arrival (read once, when the call starts), so
 a burst that arrives within one second is judged as one second however long the three
 calls take; that arrival time is also the message's send_time.
@@ -11,9 +18,11 @@ A person's message is never charged; consent records it first (opening the windo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import grpc
 from sqlalchemy.exc import IntegrityError
@@ -30,8 +39,7 @@ from bizmsg.kit.storage import Database
 from bizmsg.kit.timeutil import to_timestamp
 from delivery_svc import limits, store
 from delivery_svc.dependencies import Dependencies
-from delivery_svc.models import Envelope, Message
-from delivery_svc.notify import Notifier, mailbox_key, status_key
+from delivery_svc.notify import OUTBOX, Notifier, mailbox_key, status_key
 from delivery_svc.policy import AUTHORIZATION_MARGIN, Status, category_name, consent_reason
 
 log = logging.getLogger("delivery.send")
@@ -80,25 +88,52 @@ class Sending:
         self.deps = deps
         self.notifier = notifier
         self.limit_settings = limit_settings
+        # Settlements of sends whose caller went away (kept referenced until they finish).
+        self._settling: set[asyncio.Future[None]] = set()
 
     async def send(
         self, request: delivery_pb2.SendMessageRequest, out: Outgoing
     ) -> delivery_pb2.SendMessageResponse:
         arrival = self.clock.now()
+        state: store.LimitState | None = None
         async with self.db.read() as s:
             stored = await self.idem.lookup(s, METHOD, request, delivery_pb2.SendMessageResponse)
             if stored is not None:
                 return stored
-            await self._check_devices(s, out)
-            country = await store.recipient_country(s, str(out.recipient))
+            conn = await s.connection()
+            if out.business_sends:
+                devices, country, state = await store.recipient_and_limits(
+                    conn,
+                    str(out.recipient),
+                    out.sender.id,
+                    out.recipient.id,
+                    limits.counters(out.sender.id, out.recipient.id, arrival),
+                )
+            else:
+                devices, country = await store.recipient_devices(conn, str(out.recipient))
+        _check_devices(devices, out)
+        if state is not None:
+            # Refuse early, before anything is charged; counted exactly when storing.
+            limits.precheck(self.limit_settings, state, out.sender.id, out.recipient.id, arrival)
         message_id = new_id()
         charge = (
-            await self._consent_and_charge(message_id, out, country, arrival)
+            await self._consent_and_charge(message_id, out, country)
             if out.business_sends
             else await self._record_user_message(message_id, out)
         )
+        # The store runs in its own task: a caller that goes away (cancelling this one) must not
+        # interrupt a commit that may already have landed and then void the charge of a
+        # message that was stored. The outcome is settled when it is known (_settle).
+        stored_task = asyncio.ensure_future(
+            self._store(request, out, message_id, charge, arrival, state)
+        )
         try:
-            response, duplicate = await self._store(request, out, message_id, charge, arrival)
+            response, duplicate = await asyncio.shield(stored_task)
+        except asyncio.CancelledError:
+            settle = asyncio.ensure_future(self._settle(stored_task, message_id, charge))
+            self._settling.add(settle)
+            settle.add_done_callback(self._settling.discard)
+            raise
         except BaseException:
             await self._void_quietly(message_id, charge)
             raise
@@ -108,33 +143,12 @@ class Sending:
             for device_id, _ in out.envelopes:
                 self.notifier.notify(mailbox_key(str(out.recipient), device_id))
             self.notifier.notify(status_key(str(out.sender)))
+            if charge.free_entry_pending:
+                self.notifier.notify(OUTBOX)
         return response
 
-    async def _check_devices(self, s: object, out: Outgoing) -> None:
-        devices = {d.device_id for d in await store.list_devices(s, str(out.recipient))}  # type: ignore[arg-type]
-        missing = [d for d, _ in out.envelopes if d not in devices]
-        if missing:
-            raise NotFound(
-                "DEVICE_NOT_FOUND",
-                f"{out.recipient} has no device {missing[0]!r}; fetch its prekey bundles again",
-                resource_type="device",
-                resource_name=f"{out.recipient}/{missing[0]}",
-            )
-
-    async def _consent_and_charge(
-        self, message_id: str, out: Outgoing, country: str, arrival: datetime
-    ) -> _Charge:
+    async def _consent_and_charge(self, message_id: str, out: Outgoing, country: str) -> _Charge:
         business_id, person_id = out.sender.id, out.recipient.id
-        async with self.db.read() as s:
-            # Refuse early, before anything is charged; checked again when storing.
-            await limits.check(
-                s,
-                self.limit_settings,
-                business_id,
-                person_id,
-                common_pb2.WINDOW_KIND_UNSPECIFIED,
-                arrival,
-            )
         decision = await self.deps.check_consent(business_id, person_id, out.category)
         if not decision.allowed:
             reason = consent_reason(decision.reason)
@@ -181,98 +195,91 @@ class Sending:
         message_id: str,
         charge: _Charge,
         arrival: datetime,
+        state: store.LimitState | None,
     ) -> tuple[delivery_pb2.SendMessageResponse, bool]:
+        """Stores the message; (the response, False), or (the first answer, True) when a
+        concurrent call with this request_id committed first."""
+        message = _message_row(out, message_id, charge, arrival)
+        response = _response(message, charge)
+        envelopes = [
+            {
+                "message_id": message_id,
+                "recipient": message["recipient"],
+                "device_id": device_id,
+                "ciphertext": ciphertext,
+                "expire_time": message["expire_time"],
+            }
+            for device_id, ciphertext in out.envelopes
+        ]
         for _ in range(3):
             try:
                 async with self.db.write() as s:
-                    sender = await store.lock_sender(s, str(out.sender))
-                    stored = await self.idem.lookup(
-                        s, METHOD, request, delivery_pb2.SendMessageResponse
-                    )
-                    if stored is not None:
-                        return stored, True
-                    now = self.clock.now()
-                    if out.business_sends:
-                        await limits.check(
-                            s,
+                    # First, so that a twin request fails here before doing anything else.
+                    await self.idem.save(s, METHOD, request, response)
+                    conn = await s.connection()
+                    seq = await store.next_seq(conn, message["sender"])
+                    if state is not None:
+                        await limits.count(
+                            conn,
                             self.limit_settings,
+                            state,
                             out.sender.id,
                             out.recipient.id,
                             charge.window_kind,
                             arrival,
                         )
-                        await limits.record(
-                            s, out.sender.id, out.recipient.id, charge.window_kind, arrival
-                        )
-                    message = self._message(out, message_id, charge, arrival)
-                    s.add(message)
-                    for device_id, ciphertext in out.envelopes:
-                        s.add(
-                            Envelope(
-                                message_id=message_id,
-                                recipient=str(out.recipient),
-                                device_id=device_id,
-                                ciphertext=ciphertext,
-                                expire_time=message.expire_time,
-                            )
-                        )
-                    await store.append_event(
-                        s, sender, message, Status.MESSAGE_STATUS_ACCEPTED, now
+                    await store.add_message(conn, message, envelopes)
+                    now = self.clock.now()
+                    await store.add_events(
+                        conn,
+                        [
+                            {
+                                "sender": message["sender"],
+                                "seq": seq,
+                                "message_id": message_id,
+                                "recipient": message["recipient"],
+                                "status": Status.MESSAGE_STATUS_ACCEPTED,
+                                "event_time": now,
+                                "reason": "",
+                            }
+                        ],
                     )
                     if charge.free_entry_pending:
                         # This reply opens the 72-hour free-entry window at consent.
-                        store.add_outbox(
-                            s,
-                            "BUSINESS_REPLY",
-                            {
-                                "message_id": message_id,
-                                "business_id": out.sender.id,
-                                "person_id": out.recipient.id,
-                            },
-                            now,
+                        payload = {
+                            "message_id": message_id,
+                            "business_id": out.sender.id,
+                            "person_id": out.recipient.id,
+                        }
+                        await store.add_outbox(
+                            conn, [store.outbox_row("BUSINESS_REPLY", payload, now)]
                         )
-                    response = self._response(message, charge)
-                    await self.idem.save(s, METHOD, request, response)
                 return response, False
             except IntegrityError:
-                # A concurrent call with the same request_id won: answer with its result.
-                continue
+                # A concurrent call with the same request_id won: answer with its result
+                # (or ALREADY_EXISTS if its parameters differ).
+                async with self.db.read() as s:
+                    stored = await self.idem.lookup(
+                        s, METHOD, request, delivery_pb2.SendMessageResponse
+                    )
+                if stored is not None:
+                    return stored, True
         raise FailedPrecondition("CONFLICT", "a concurrent request with this request_id failed")
 
-    @staticmethod
-    def _message(out: Outgoing, message_id: str, charge: _Charge, now: datetime) -> Message:
-        price = charge.price or common_pb2.Money()
-        return Message(
-            message_id=message_id,
-            sender=str(out.sender),
-            sender_device_id=out.sender_device_id,
-            recipient=str(out.recipient),
-            category=out.category,
-            status=Status.MESSAGE_STATUS_ACCEPTED,
-            send_time=now,
-            expire_time=now + out.ttl,
-            status_time=now,
-            window_kind=charge.window_kind,
-            authorization_id=charge.authorization_id,
-            price_micros=price.amount_micros,
-            currency_code=price.currency_code,
-            free=charge.free,
-            referral_click_id=out.referral.click_id,
-            referral_campaign_id=out.referral.campaign_id,
-        )
-
-    @staticmethod
-    def _response(message: Message, charge: _Charge) -> delivery_pb2.SendMessageResponse:
-        return delivery_pb2.SendMessageResponse(
-            message_id=message.message_id,
-            status=Status.MESSAGE_STATUS_ACCEPTED,
-            price=common_pb2.Money(
-                amount_micros=message.price_micros, currency_code=message.currency_code
-            ),
-            free=message.free,
-            expire_time=to_timestamp(message.expire_time),
-            window_kind=charge.window_kind,  # type: ignore[arg-type]
-        )
+    async def _settle(
+        self,
+        stored_task: asyncio.Future[tuple[delivery_pb2.SendMessageResponse, bool]],
+        message_id: str,
+        charge: _Charge,
+    ) -> None:
+        """After the caller went away: a message that was stored keeps its authorization;
+        one that was not (or lost to a twin) has it voided."""
+        try:
+            _, duplicate = await stored_task
+        except BaseException:
+            duplicate = True
+        if duplicate:
+            await self._void_quietly(message_id, charge)
 
     async def _void_quietly(self, message_id: str, charge: _Charge) -> None:
         """Releases an authorization whose message was not stored; if billing cannot be
@@ -290,3 +297,49 @@ class Sending:
                 "could not void an unused authorization; billing's timeout will",
                 extra={"fields": {"message_id": message_id, "code": e.code().name}},
             )
+
+
+def _check_devices(devices: set[str], out: Outgoing) -> None:
+    missing = [d for d, _ in out.envelopes if d not in devices]
+    if missing:
+        raise NotFound(
+            "DEVICE_NOT_FOUND",
+            f"{out.recipient} has no device {missing[0]!r}; fetch its prekey bundles again",
+            resource_type="device",
+            resource_name=f"{out.recipient}/{missing[0]}",
+        )
+
+
+def _message_row(out: Outgoing, message_id: str, charge: _Charge, now: datetime) -> dict[str, Any]:
+    price = charge.price or common_pb2.Money()
+    return {
+        "message_id": message_id,
+        "sender": str(out.sender),
+        "sender_device_id": out.sender_device_id,
+        "recipient": str(out.recipient),
+        "category": out.category,
+        "status": Status.MESSAGE_STATUS_ACCEPTED,
+        "send_time": now,
+        "expire_time": now + out.ttl,
+        "status_time": now,
+        "window_kind": charge.window_kind,
+        "authorization_id": charge.authorization_id,
+        "price_micros": price.amount_micros,
+        "currency_code": price.currency_code,
+        "free": charge.free,
+        "referral_click_id": out.referral.click_id,
+        "referral_campaign_id": out.referral.campaign_id,
+    }
+
+
+def _response(message: dict[str, Any], charge: _Charge) -> delivery_pb2.SendMessageResponse:
+    return delivery_pb2.SendMessageResponse(
+        message_id=message["message_id"],
+        status=Status.MESSAGE_STATUS_ACCEPTED,
+        price=common_pb2.Money(
+            amount_micros=message["price_micros"], currency_code=message["currency_code"]
+        ),
+        free=message["free"],
+        expire_time=to_timestamp(message["expire_time"]),
+        window_kind=charge.window_kind,  # type: ignore[arg-type]
+    )

@@ -1,20 +1,24 @@
 """Storage of the delivery service: SQLAlchemy queries only, no rules.
 
-Every function takes the caller's AsyncSession, so the domain modules decide what goes into
-one transaction. Hot queries are served by the indexes declared in models.py.
+Every function takes the caller's session or connection, so the domain modules decide what
+goes into one transaction. The hot paths (send, ack, status changes, outbox) use SQLAlchemy
+Core on the transaction's connection: one statement per step, RETURNING instead of a read
+after a write, multi-row inserts. Hot queries are served by the indexes declared in models.py.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import BindParameter, Row, Table, bindparam, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from bizmsg.kit.storage import UTCDateTime
 from delivery_svc.models import (
     BusinessLimits,
     ConversationStart,
@@ -28,12 +32,70 @@ from delivery_svc.models import (
     StatusEvent,
 )
 
+# A result row of any shape (its columns are read by name).
+Record = Row[*tuple[Any, ...]]
 
-def _insert(session: AsyncSession, table: Any) -> Any:
-    """An INSERT that supports ON CONFLICT on both backends."""
-    if session.get_bind().dialect.name == "postgresql":
+# The hot statements are built once, here, with bind parameters: a statement object keeps
+# its cache key, so a call costs no statement building and no compilation (SQLAlchemy's
+# compiled cache). Inserts take their rows as execute() parameters (a multi-row VALUES
+# clause would be compiled anew on every call). Plain tables: no ORM processing per call.
+_INSERT_MESSAGE = cast(Table, Message.__table__).insert()
+_INSERT_ENVELOPES = cast(Table, Envelope.__table__).insert()
+_INSERT_EVENTS = cast(Table, StatusEvent.__table__).insert()
+_INSERT_OUTBOX = cast(Table, OutboxItem.__table__).insert()
+
+
+def _insert(db: AsyncSession | AsyncConnection, table: Any) -> Any:
+    """An INSERT that supports ON CONFLICT (and RETURNING) on both backends."""
+    dialect = db.dialect if isinstance(db, AsyncConnection) else db.get_bind().dialect
+    if dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+@dataclass(frozen=True)
+class _Upserts:
+    """The hot INSERT ... ON CONFLICT statements of one dialect."""
+
+    next_seq: Any
+    bump_counters: Any
+    start_conversation: Any
+
+
+def _build_upserts(insert: Any) -> _Upserts:
+    now = bindparam("now", type_=UTCDateTime())
+    return _Upserts(
+        next_seq=insert(Sender)
+        .values(sender=bindparam("sender"), last_seq=1)
+        .on_conflict_do_update(index_elements=["sender"], set_={"last_seq": Sender.last_seq + 1})
+        .returning(Sender.last_seq),
+        # Rows come as executemany parameters: one statement ("insertmanyvalues").
+        bump_counters=insert(RateCounter)
+        .on_conflict_do_update(
+            index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1}
+        )
+        .returning(RateCounter.key, RateCounter.count),
+        start_conversation=insert(ConversationStart)
+        .values(
+            business_id=bindparam("business_id"), person_id=bindparam("person_id"), start_time=now
+        )
+        .on_conflict_do_update(
+            index_elements=["business_id", "person_id"],
+            set_={"start_time": now},
+            where=ConversationStart.start_time <= bindparam("since", type_=UTCDateTime()),
+        )
+        .returning(ConversationStart.start_time),
+    )
+
+
+_UPSERTS = {
+    "sqlite": _build_upserts(sqlite.insert),
+    "postgresql": _build_upserts(postgresql.insert),
+}
+
+
+def _upserts(conn: AsyncConnection) -> _Upserts:
+    return _UPSERTS[conn.dialect.name]
 
 
 # --- key directory ---------------------------------------------------------------------------
@@ -134,22 +196,43 @@ async def take_pre_key(session: AsyncSession, owner: str, device_id: str) -> byt
     return bytes(row.public_key)
 
 
-async def recipient_country(session: AsyncSession, owner: str) -> str:
-    """The country of the owner's most recently registered device (like a phone number's)."""
-    q = (
-        select(Device.country_code)
-        .where(Device.owner == owner, Device.country_code != "")
-        .order_by(Device.update_time.desc())
-        .limit(1)
-    )
-    return str((await session.execute(q)).scalar_one_or_none() or "")
+# The columns of a recipient's devices that a send needs: which exist, and the country.
+_DEVICE_COLUMNS = (Device.device_id, Device.country_code, Device.update_time)
+_RECIPIENT = Device.owner == bindparam("owner")
+
+
+def _located(rows: Sequence[Record]) -> tuple[set[str], str]:
+    """Device ids, and the country of the most recently registered device that names one
+    (like a phone number's)."""
+    located = [r for r in rows if r.country_code]
+    country = max(located, key=lambda r: r.update_time).country_code if located else ""
+    return {r.device_id for r in rows}, str(country)
+
+
+async def recipient_devices(conn: AsyncConnection, owner: str) -> tuple[set[str], str]:
+    """The owner's device ids and its country: one primary-key range read."""
+    rows = (await conn.execute(_DEVICES, {"owner": owner})).all()
+    return _located(rows)
+
+
+_DEVICE_EXISTS = select(literal(1)).where(
+    Device.owner == bindparam("owner"), Device.device_id == bindparam("device_id")
+)
+
+
+async def device_exists(conn: AsyncConnection, owner: str, device_id: str) -> bool:
+    params = {"owner": owner, "device_id": device_id}
+    return (await conn.execute(_DEVICE_EXISTS, params)).first() is not None
 
 
 # --- limits ----------------------------------------------------------------------------------
 
 
-async def get_limits(session: AsyncSession, business_id: str) -> BusinessLimits | None:
-    return await session.get(BusinessLimits, business_id)
+async def get_limits(conn: AsyncConnection, business_id: str) -> Record | None:
+    q = select(BusinessLimits.messages_per_second, BusinessLimits.tier).where(
+        BusinessLimits.business_id == business_id
+    )
+    return (await conn.execute(q)).first()
 
 
 async def put_limits(
@@ -164,6 +247,87 @@ async def put_limits(
             set_={"messages_per_second": messages_per_second, "tier": tier, "update_time": now},
         )
     )
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """What the limits of one send depend on, read in one statement."""
+
+    messages_per_second: int | None  # None: the business has no row (defaults apply)
+    tier: int | None
+    second_count: int
+    pair_count: int
+    conversation_start: datetime | None
+
+
+def _scalar(column: Any, *where: Any) -> Any:
+    return select(column).where(*where).scalar_subquery()
+
+
+_BUSINESS = BusinessLimits.business_id == bindparam("business_id")
+# A recipient's devices with, on every row, what the limits of a send to them depend on:
+# the business's configured limits, its per-second and per-pair counters and when its
+# conversation with the person started (primary-key lookups as scalar subqueries).
+_DEVICES = select(*_DEVICE_COLUMNS).where(_RECIPIENT)
+_DEVICES_AND_LIMITS = select(
+    *_DEVICE_COLUMNS,
+    _scalar(BusinessLimits.messages_per_second, _BUSINESS).label("messages_per_second"),
+    _scalar(BusinessLimits.tier, _BUSINESS).label("tier"),
+    _scalar(
+        RateCounter.count,
+        RateCounter.key == bindparam("second_key"),
+        RateCounter.window_start == bindparam("second"),
+    ).label("second_count"),
+    _scalar(
+        RateCounter.count,
+        RateCounter.key == bindparam("pair_key"),
+        RateCounter.window_start == bindparam("minute"),
+    ).label("pair_count"),
+    _scalar(
+        ConversationStart.start_time,
+        ConversationStart.business_id == bindparam("business_id"),
+        ConversationStart.person_id == bindparam("person_id"),
+    ).label("conversation_start"),
+).where(_RECIPIENT)
+
+
+async def recipient_and_limits(
+    conn: AsyncConnection,
+    owner: str,
+    business_id: str,
+    person_id: str,
+    counters: tuple[tuple[str, int], tuple[str, int]],
+) -> tuple[set[str], str, LimitState | None]:
+    """The recipient's device ids and country (as recipient_devices) and the limit state of a
+    send from the business to the person, in one statement. No state when the recipient has
+    no device (the send is refused for that)."""
+    (second_key, second), (pair_key, minute) = counters
+    rows = (
+        await conn.execute(
+            _DEVICES_AND_LIMITS,
+            {
+                "owner": owner,
+                "business_id": business_id,
+                "person_id": person_id,
+                "second_key": second_key,
+                "second": second,
+                "pair_key": pair_key,
+                "minute": minute,
+            },
+        )
+    ).all()
+    devices, country = _located(rows)
+    if not rows:
+        return devices, country, None
+    r = rows[0]
+    state = LimitState(
+        r.messages_per_second,
+        r.tier,
+        int(r.second_count or 0),
+        int(r.pair_count or 0),
+        r.conversation_start,
+    )
+    return devices, country, state
 
 
 async def counter(session: AsyncSession, key: str, window_start: int) -> int:
@@ -182,102 +346,164 @@ async def bump_counter(session: AsyncSession, key: str, window_start: int) -> No
     )
 
 
+async def bump_counters(
+    conn: AsyncConnection, counters: Sequence[tuple[str, int]]
+) -> dict[str, int]:
+    """Adds one to each (key, window) counter in one statement; returns the new counts."""
+    rows = [{"key": k, "window_start": w, "count": 1} for k, w in counters]
+    result = await conn.execute(_upserts(conn).bump_counters, rows)
+    return {str(k): int(c) for k, c in result.all()}
+
+
 async def drop_counters_before(session: AsyncSession, window_start: int) -> None:
     await session.execute(delete(RateCounter).where(RateCounter.window_start < window_start))
 
 
-async def conversation_start(
-    session: AsyncSession, business_id: str, person_id: str
-) -> datetime | None:
-    row = await session.get(ConversationStart, (business_id, person_id))
-    return None if row is None else row.start_time
-
-
 async def recent_conversations(
-    session: AsyncSession, business_id: str, since: datetime
+    conn: AsyncConnection, business_id: str, since: datetime
 ) -> tuple[int, datetime | None]:
     """How many people the business started conversations with since `since`, and the oldest."""
     q = select(func.count(), func.min(ConversationStart.start_time)).where(
         ConversationStart.business_id == business_id, ConversationStart.start_time > since
     )
-    count, oldest = (await session.execute(q)).one()
+    count, oldest = (await conn.execute(q)).one()
     return int(count), oldest
 
 
-async def put_conversation_start(
-    session: AsyncSession, business_id: str, person_id: str, now: datetime
-) -> None:
-    stmt = _insert(session, ConversationStart).values(
-        business_id=business_id, person_id=person_id, start_time=now
-    )
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["business_id", "person_id"], set_={"start_time": now}
-        )
-    )
+async def start_conversation(
+    conn: AsyncConnection, business_id: str, person_id: str, now: datetime, since: datetime
+) -> bool:
+    """Records that the business starts a conversation with the person now, unless one started
+    after `since` already; True when this one is new (it counts toward the tier)."""
+    params = {"business_id": business_id, "person_id": person_id, "now": now, "since": since}
+    return (await conn.execute(_upserts(conn).start_conversation, params)).first() is not None
 
 
 # --- messages and status events --------------------------------------------------------------
 
 
-async def lock_sender(session: AsyncSession, sender: str) -> Sender:
-    """The sender's row, locked until the transaction ends (created on first use)."""
-    await session.execute(
-        _insert(session, Sender).values(sender=sender, last_seq=0).on_conflict_do_nothing()
-    )
-    row = await session.get(Sender, sender, with_for_update=True, populate_existing=True)
-    assert row is not None
-    return row
+async def next_seq(conn: AsyncConnection, sender: str) -> int:
+    """Takes the sender's next status sequence number; the row stays locked (PostgreSQL)
+    until the transaction ends, so sequences are gap-free in commit order. Creates the row
+    on first use."""
+    return int((await conn.execute(_upserts(conn).next_seq, {"sender": sender})).scalar_one())
 
 
-async def append_event(
-    session: AsyncSession,
-    sender: Sender,
-    message: Message,
-    status: int,
-    now: datetime,
-    reason: str = "",
+_LOCK_SENDERS = (
+    select(Sender.sender, Sender.last_seq)
+    .where(Sender.sender.in_(bindparam("senders", expanding=True)))
+    .order_by(Sender.sender)
+    .with_for_update()
+)
+_SET_LAST_SEQ = (
+    update(Sender).where(Sender.sender == bindparam("name")).values(last_seq=bindparam("seq"))
+)
+
+
+async def lock_senders(conn: AsyncConnection, senders: Iterable[str]) -> dict[str, int]:
+    """Locks the senders' rows (in sorted order, the order every writer locks in) until the
+    transaction ends; returns each one's last sequence number. Every sender of a stored
+    message has its row (the send created it)."""
+    names = sorted(set(senders))
+    if not names:
+        return {}
+    rows = (await conn.execute(_LOCK_SENDERS, {"senders": names})).all()
+    return {str(s): int(n) for s, n in rows}
+
+
+async def set_last_seq(conn: AsyncConnection, seqs: Mapping[str, int]) -> None:
+    for sender, seq in seqs.items():
+        await conn.execute(_SET_LAST_SEQ, {"name": sender, "seq": seq})
+
+
+async def add_events(conn: AsyncConnection, events: Sequence[Mapping[str, Any]]) -> None:
+    """Inserts status events (sender, seq, message_id, recipient, status, event_time, reason)."""
+    if events:
+        await conn.execute(_INSERT_EVENTS, list(events))
+
+
+async def add_message(
+    conn: AsyncConnection, message: Mapping[str, Any], envelopes: Sequence[Mapping[str, Any]]
 ) -> None:
-    """Appends a status event; the sender row must be locked by this transaction."""
-    sender.last_seq += 1
-    session.add(
-        StatusEvent(
-            sender=sender.sender,
-            seq=sender.last_seq,
-            message_id=message.message_id,
-            recipient=message.recipient,
-            status=status,
-            event_time=now,
-            reason=reason,
-        )
-    )
+    """Inserts a message row and its envelopes (one multi-row insert)."""
+    await conn.execute(_INSERT_MESSAGE, [message])
+    await conn.execute(_INSERT_ENVELOPES, list(envelopes))
 
 
 async def events_after(
-    session: AsyncSession, sender: str, after_seq: int, message_id: str, limit: int
-) -> list[StatusEvent]:
-    q = select(StatusEvent).where(StatusEvent.sender == sender, StatusEvent.seq > after_seq)
+    conn: AsyncConnection, sender: str, after_seq: int, message_id: str, limit: int
+) -> Sequence[Record]:
+    q = select(
+        StatusEvent.seq,
+        StatusEvent.message_id,
+        StatusEvent.recipient,
+        StatusEvent.status,
+        StatusEvent.event_time,
+        StatusEvent.reason,
+    ).where(StatusEvent.sender == sender, StatusEvent.seq > after_seq)
     if message_id:
         q = q.where(StatusEvent.message_id == message_id)
     q = q.order_by(StatusEvent.seq).limit(limit)
-    return list((await session.scalars(q)).all())
+    return (await conn.execute(q)).all()
 
 
-async def get_messages(
-    session: AsyncSession, message_ids: Sequence[str], *, lock: bool = False
-) -> list[Message]:
-    q = select(Message).where(Message.message_id.in_(list(message_ids)))
-    if lock:
-        q = q.with_for_update()
-    return list((await session.scalars(q.order_by(Message.message_id))).all())
+# The columns a status change needs of a message.
+_STATE = (
+    Message.message_id,
+    Message.sender,
+    Message.recipient,
+    Message.status,
+    Message.authorization_id,
+)
+
+
+_IDS: BindParameter[Any] = bindparam("ids", expanding=True)
+_DEVICE_ENVELOPES = (
+    Envelope.recipient == bindparam("owner"),
+    Envelope.device_id == bindparam("device_id"),
+)
+_GET_MESSAGES = select(*_STATE).where(Message.message_id.in_(_IDS)).order_by(Message.message_id)
+_ALL_WAITING = (
+    select(*_STATE)
+    .join(Envelope, Envelope.message_id == Message.message_id)
+    .where(*_DEVICE_ENVELOPES)
+    .order_by(Message.message_id)
+)
+_WAITING = _ALL_WAITING.where(Envelope.message_id.in_(_IDS))
+
+
+async def get_messages(conn: AsyncConnection, message_ids: Sequence[str]) -> Sequence[Record]:
+    """message_id, sender, recipient, status and authorization_id of these messages."""
+    return (await conn.execute(_GET_MESSAGES, {"ids": list(message_ids)})).all()
+
+
+async def waiting_messages(
+    conn: AsyncConnection, recipient: str, device_id: str, message_ids: Sequence[str] | None
+) -> Sequence[Record]:
+    """The messages (state columns) that still have an envelope for this device; all of them,
+    or those among `message_ids`."""
+    params: dict[str, Any] = {"owner": recipient, "device_id": device_id}
+    if message_ids is None:
+        return (await conn.execute(_ALL_WAITING, params)).all()
+    return (await conn.execute(_WAITING, {**params, "ids": list(message_ids)})).all()
 
 
 async def mailbox(
-    session: AsyncSession, recipient: str, device_id: str, now: datetime, limit: int
-) -> list[tuple[Envelope, Message]]:
+    conn: AsyncConnection, recipient: str, device_id: str, now: datetime, limit: int
+) -> Sequence[Record]:
     """Envelopes waiting for one device, oldest first, of messages not yet expired."""
     q = (
-        select(Envelope, Message)
+        select(
+            Envelope.ciphertext,
+            Message.message_id,
+            Message.sender,
+            Message.sender_device_id,
+            Message.category,
+            Message.send_time,
+            Message.expire_time,
+            Message.referral_click_id,
+            Message.referral_campaign_id,
+        )
         .join(Message, Message.message_id == Envelope.message_id)
         .where(
             Envelope.recipient == recipient,
@@ -287,32 +513,33 @@ async def mailbox(
         .order_by(Envelope.id)
         .limit(limit)
     )
-    return [(e, m) for e, m in (await session.execute(q)).all()]
+    return (await conn.execute(q)).all()
+
+
+_DELETE_ALL_ENVELOPES = delete(Envelope).where(*_DEVICE_ENVELOPES).returning(Envelope.message_id)
+_DELETE_ENVELOPES = _DELETE_ALL_ENVELOPES.where(Envelope.message_id.in_(_IDS))
 
 
 async def delete_envelopes(
-    session: AsyncSession, recipient: str, device_id: str, message_ids: Sequence[str]
+    conn: AsyncConnection, recipient: str, device_id: str, message_ids: Sequence[str] | None
 ) -> list[str]:
-    """Deletes the device's envelopes of these messages; returns the message ids deleted."""
-    q = select(Envelope.message_id).where(
-        Envelope.recipient == recipient,
-        Envelope.device_id == device_id,
-        Envelope.message_id.in_(list(message_ids)),
-    )
-    found = [str(m) for m in (await session.scalars(q)).all()]
-    if found:
-        await session.execute(
-            delete(Envelope).where(
-                Envelope.recipient == recipient,
-                Envelope.device_id == device_id,
-                Envelope.message_id.in_(found),
-            )
-        )
-    return found
+    """Deletes the device's envelopes (all, or of these messages); returns the message ids."""
+    params: dict[str, Any] = {"owner": recipient, "device_id": device_id}
+    if message_ids is None:
+        result = await conn.execute(_DELETE_ALL_ENVELOPES, params)
+    else:
+        result = await conn.execute(_DELETE_ENVELOPES, {**params, "ids": list(message_ids)})
+    return [str(m) for m in result.scalars()]
 
 
-async def delete_all_envelopes(session: AsyncSession, message_id: str) -> None:
-    await session.execute(delete(Envelope).where(Envelope.message_id == message_id))
+async def messages_with_envelopes(conn: AsyncConnection, message_ids: Sequence[str]) -> set[str]:
+    q = select(Envelope.message_id).where(Envelope.message_id.in_(list(message_ids))).distinct()
+    return {str(m) for m in (await conn.execute(q)).scalars()}
+
+
+async def delete_all_envelopes(conn: AsyncConnection, message_ids: Sequence[str]) -> None:
+    if message_ids:
+        await conn.execute(delete(Envelope).where(Envelope.message_id.in_(list(message_ids))))
 
 
 async def delete_expired_envelopes(session: AsyncSession, now: datetime) -> None:
@@ -320,20 +547,30 @@ async def delete_expired_envelopes(session: AsyncSession, now: datetime) -> None
     await session.execute(delete(Envelope).where(Envelope.expire_time <= now))
 
 
-async def move_status(
-    session: AsyncSession, message_id: str, from_status: int, to_status: int, now: datetime
-) -> bool:
-    """Compare-and-set of a message's status; False when another writer moved it first."""
-    result = await session.execute(
-        update(Message)
-        .where(Message.message_id == message_id, Message.status == from_status)
-        .values(status=to_status, status_time=now)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+_MOVE_STATUSES = (
+    update(Message)
+    .where(Message.message_id.in_(_IDS), Message.status == bindparam("from_status"))
+    .values(status=bindparam("to"), status_time=bindparam("now", type_=UTCDateTime()))
+    .returning(Message.message_id)
+)
+
+
+async def move_statuses(
+    conn: AsyncConnection,
+    message_ids: Sequence[str],
+    from_status: int,
+    to_status: int,
+    now: datetime,
+) -> set[str]:
+    """Compare-and-set of messages' status; returns those moved (others were moved first)."""
+    if not message_ids:
+        return set()
+    params = {"ids": list(message_ids), "from_status": from_status, "to": to_status, "now": now}
+    return {str(m) for m in (await conn.execute(_MOVE_STATUSES, params)).scalars()}
 
 
 async def due_for_expiry(
-    session: AsyncSession, status: int, now: datetime, limit: int
+    conn: AsyncConnection, status: int, now: datetime, limit: int
 ) -> list[str]:
     q = (
         select(Message.message_id)
@@ -341,50 +578,80 @@ async def due_for_expiry(
         .order_by(Message.expire_time)
         .limit(limit)
     )
-    return [str(m) for m in (await session.scalars(q)).all()]
+    return [str(m) for m in (await conn.execute(q)).scalars()]
+
+
+async def cleanup_due(conn: AsyncConnection, now: datetime, counters_before: int) -> bool:
+    """Whether expired ciphertext or stale rate counters are waiting to be deleted (two index
+    probes, so an idle sweep does not take the write lock)."""
+    q = select(
+        select(literal(1)).where(Envelope.expire_time <= now).limit(1).scalar_subquery(),
+        select(literal(1))
+        .where(RateCounter.window_start < counters_before)
+        .limit(1)
+        .scalar_subquery(),
+    )
+    expired, stale = (await conn.execute(q)).one()
+    return bool(expired or stale)
 
 
 # --- outbox ----------------------------------------------------------------------------------
 
 
-def add_outbox(session: AsyncSession, kind: str, payload: dict[str, str], now: datetime) -> None:
-    session.add(
-        OutboxItem(
-            kind=kind,
-            payload=json.dumps(payload, sort_keys=True),
-            attempts=0,
-            next_attempt_time=now,
-            create_time=now,
-            last_error="",
-        )
-    )
+def outbox_row(kind: str, payload: dict[str, str], now: datetime) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "payload": json.dumps(payload, sort_keys=True),
+        "attempts": 0,
+        "next_attempt_time": now,
+        "create_time": now,
+        "last_error": "",
+    }
+
+
+async def add_outbox(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        await conn.execute(_INSERT_OUTBOX, list(rows))
+
+
+async def outbox_due(conn: AsyncConnection, now: datetime) -> bool:
+    """Whether any outbox row is due: one probe of ix_outbox_due, no write lock."""
+    q = select(literal(1)).where(OutboxItem.next_attempt_time <= now).limit(1)
+    return (await conn.execute(q)).first() is not None
 
 
 async def claim_outbox(
-    session: AsyncSession, now: datetime, lease_until: datetime, limit: int
-) -> list[OutboxItem]:
-    """Due items, leased to this worker until `lease_until` (other replicas skip them)."""
-    q = (
-        select(OutboxItem)
+    conn: AsyncConnection, now: datetime, lease_until: datetime, limit: int
+) -> Sequence[Record]:
+    """Due items, leased to this worker until `lease_until` (other replicas skip them), in one
+    UPDATE ... RETURNING (PostgreSQL: rows another worker holds are skipped, not waited for)."""
+    due = (
+        select(OutboxItem.id)
         .where(OutboxItem.next_attempt_time <= now)
-        .order_by(OutboxItem.id)
+        # Index order (ix_outbox_due; SQLite indexes end in the rowid): no scan of the table
+        # in primary-key order past rows that are leased or backing off.
+        .order_by(OutboxItem.next_attempt_time, OutboxItem.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    items = list((await session.scalars(q)).all())
-    for item in items:
-        item.next_attempt_time = lease_until
-    return items
+    q = (
+        update(OutboxItem)
+        .where(OutboxItem.id.in_(due.scalar_subquery()))
+        .values(next_attempt_time=lease_until)
+        .returning(OutboxItem.id, OutboxItem.kind, OutboxItem.payload, OutboxItem.attempts)
+    )
+    return sorted((await conn.execute(q)).all(), key=lambda r: int(r.id))
 
 
-async def finish_outbox(session: AsyncSession, item_id: int) -> None:
-    await session.execute(delete(OutboxItem).where(OutboxItem.id == item_id))
+async def finish_outbox(conn: AsyncConnection, item_ids: Sequence[int]) -> None:
+    if item_ids:
+        await conn.execute(delete(OutboxItem).where(OutboxItem.id.in_(list(item_ids))))
 
 
 async def retry_outbox(
-    session: AsyncSession, item_id: int, attempts: int, when: datetime, error: str
+    conn: AsyncConnection, item_id: int, attempts: int, when: datetime, error: str
 ) -> None:
-    await session.execute(
+    await conn.execute(
         update(OutboxItem)
         .where(OutboxItem.id == item_id)
         .values(attempts=attempts, next_attempt_time=when, last_error=error[:500])

@@ -225,7 +225,7 @@ class Stack:
                 request_id=rid("grant"),
                 person_id=person,
                 business_id=business,
-                categories=list(categories),
+                categories=list(categories),  # type: ignore[arg-type]
                 all_categories=not categories,
                 collection_method=consent_pb2.COLLECTION_METHOD_WEB_FORM,
                 notice=consent_pb2.Notice(text="We will send you offers.", locale="en-GB"),
@@ -302,10 +302,11 @@ class Stack:
         return self.wallets[business]
 
     def wallet(self, business: str) -> billing_pb2.Account:
-        return self.billing.GetAccount(
+        account: billing_pb2.Account = self.billing.GetAccount(
             billing_pb2.GetAccountRequest(account_id=self.wallets[business]),
             metadata=metadata_for("admin"),
         ).account
+        return account
 
     def money(self, business: str) -> tuple[int, int]:
         """(pending, posted) debits of the business's wallet, in micros."""

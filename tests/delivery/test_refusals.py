@@ -115,6 +115,25 @@ def test_same_request_id_twice_and_after_a_delivery_restart(procs: ProcStack, st
     assert _stored_for(procs, person) == (1, 1)
 
 
+def test_concurrent_twins_store_one_message_and_keep_one_charge(
+    procs: ProcStack, st: Stack
+) -> None:
+    """Eight copies of one request at once: the first to commit its idempotency key wins;
+    the others replay its answer and void their own authorizations."""
+    shop, person = uid("shop"), uid("ida")
+    st.fund(shop, 1_000_000)
+    st.bare_device(f"user:{person}")
+    st.grant(person, shop)
+    request = st.raw_send_request(f"user:{person}", MARKETING, request_id="twin-1")
+    md = metadata_for(f"business:{shop}")
+    futures = [st.delivery.SendMessage.future(request, metadata=md, timeout=60) for _ in range(8)]
+    answers = [f.result() for f in futures]
+    assert len({a.message_id for a in answers}) == 1
+    assert _stored_for(procs, person) == (1, 1)
+    assert procs.count("status_events", "recipient = :r", r=f"user:{person}") == 1
+    assert st.money(shop) == (PRICE_MARKETING, 0)
+
+
 def test_ttl_passes_undelivered(procs: ProcStack, st: Stack) -> None:
     shop, person = uid("shop"), uid("hal")
     st.fund(shop, 1_000_000)
