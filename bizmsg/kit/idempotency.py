@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import Column, LargeBinary, MetaData, String, Table, select
+from sqlalchemy import Column, LargeBinary, MetaData, String, Table, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,6 +50,14 @@ class Idempotency:
     def __init__(self, table: Table, clock: Clock) -> None:
         self.table = table
         self.clock = clock
+        # Built once: Core statements with bind parameters stay in SQLAlchemy's compiled cache.
+        t = table
+        self._lookup = select(t.c.fingerprint, t.c.response).where(
+            t.c.principal == bindparam("principal"),
+            t.c.method == bindparam("method"),
+            t.c.request_id == bindparam("request_id"),
+        )
+        self._insert = t.insert()
 
     def _key(self, method: str, request: Message) -> dict[str, str]:
         return {
@@ -62,17 +70,8 @@ class Idempotency:
         self, session: AsyncSession, method: str, request: Message, response_type: type[Resp]
     ) -> Resp | None:
         """The stored response for this request_id, or None if it was never answered."""
-        key = self._key(method, request)
-        t = self.table
-        row = (
-            await session.execute(
-                select(t.c.fingerprint, t.c.response).where(
-                    t.c.principal == key["principal"],
-                    t.c.method == key["method"],
-                    t.c.request_id == key["request_id"],
-                )
-            )
-        ).first()
+        conn = await session.connection()
+        row = (await conn.execute(self._lookup, self._key(method, request))).first()
         if row is None:
             return None
         if row.fingerprint != fingerprint(request):
@@ -82,13 +81,15 @@ class Idempotency:
     async def save(
         self, session: AsyncSession, method: str, request: Message, response: Message
     ) -> None:
-        await session.execute(
-            self.table.insert().values(
+        conn = await session.connection()
+        await conn.execute(
+            self._insert,
+            {
                 **self._key(method, request),
-                fingerprint=fingerprint(request),
-                response=response.SerializeToString(deterministic=True),
-                create_time=self.clock.now(),
-            )
+                "fingerprint": fingerprint(request),
+                "response": response.SerializeToString(deterministic=True),
+                "create_time": self.clock.now(),
+            },
         )
 
     async def run(
