@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from billing_svc.app import DEFINITION
 from bizmsg.billing.v1 import billing_pb2 as pb
 from bizmsg.billing.v1 import billing_pb2_grpc
 from bizmsg.common.v1 import common_pb2
 from bizmsg.kit.clock import ManualClock
-from bizmsg.kit.testing import ServiceThread, metadata_for
+from bizmsg.kit.testing import ServiceThread, error_details, expect_error, metadata_for
 
 ADMIN = "admin"
 DELIVERY = "service:delivery"
@@ -43,42 +41,14 @@ def eur(micros: int) -> common_pb2.Money:
     return common_pb2.Money(amount_micros=micros, currency_code="EUR")
 
 
-def details(e: grpc.RpcError) -> dict[str, Any]:
-    """ErrorInfo, BadRequest, QuotaFailure, ... of a failed call, by type name."""
-    status = rpc_status.from_call(e)  # type: ignore[arg-type]
-    assert status is not None, "the error carried no google.rpc.Status"
-    out: dict[str, Any] = {}
-    for any_msg in status.details:
-        for t in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.QuotaFailure,
-            error_details_pb2.RetryInfo,
-            error_details_pb2.PreconditionFailure,
-            error_details_pb2.ResourceInfo,
-        ):
-            if any_msg.Is(t.DESCRIPTOR):
-                msg = t()
-                any_msg.Unpack(msg)
-                out[t.DESCRIPTOR.name] = msg
-    return out
+details = error_details
 
 
-@contextmanager
-def fails(code: grpc.StatusCode, reason: str | None = None) -> Iterator[dict[str, Any]]:
+def fails(
+    code: grpc.StatusCode, reason: str | None = None
+) -> AbstractContextManager[dict[str, Any]]:
     """Expect the block's call to fail with `code` (and ErrorInfo `reason`); yields details."""
-    got: dict[str, Any] = {}
-    try:
-        yield got
-    except grpc.RpcError as e:
-        assert e.code() == code, f"expected {code}, got {e.code()}: {e.details()}"
-        got.update(details(e))
-        info = got["ErrorInfo"]
-        assert info.domain == "billing.bizmsg"
-        if reason is not None:
-            assert info.reason == reason, info
-    else:
-        raise AssertionError(f"expected {code}, the call succeeded")
+    return expect_error(code, reason, domain="billing.bizmsg")
 
 
 @dataclass

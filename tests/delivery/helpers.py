@@ -14,15 +14,13 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import inspect, text
 from x3dh import HashFunction, IdentityKeyFormat
 
@@ -32,7 +30,14 @@ from bizmsg.consent.v1 import consent_pb2, consent_pb2_grpc
 from bizmsg.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 from bizmsg.kit.clock import OffsetFileClock
 from bizmsg.kit.storage import Database
-from bizmsg.kit.testing import ServiceProcess, metadata_for, start_stack, token_for
+from bizmsg.kit.testing import (
+    ServiceProcess,
+    error_details,
+    expect_error,
+    metadata_for,
+    start_stack,
+    token_for,
+)
 from bizmsg.sdk import Client
 from bizmsg.sdk.keys import X3DH_INFO, X3DHState
 
@@ -58,42 +63,14 @@ def uid(prefix: str) -> str:
     return f"{prefix}{next(_ids)}"
 
 
-def details(e: grpc.RpcError) -> dict[str, Any]:
-    """ErrorInfo, BadRequest, QuotaFailure, ... of a failed call, by type name."""
-    status = rpc_status.from_call(e)  # type: ignore[arg-type]
-    assert status is not None, "the error carried no google.rpc.Status"
-    out: dict[str, Any] = {}
-    for any_msg in status.details:
-        for t in (
-            error_details_pb2.ErrorInfo,
-            error_details_pb2.BadRequest,
-            error_details_pb2.QuotaFailure,
-            error_details_pb2.RetryInfo,
-            error_details_pb2.PreconditionFailure,
-            error_details_pb2.ResourceInfo,
-        ):
-            if any_msg.Is(t.DESCRIPTOR):
-                msg = t()
-                any_msg.Unpack(msg)
-                out[t.DESCRIPTOR.name] = msg
-    return out
+details = error_details
 
 
-@contextmanager
-def fails(code: grpc.StatusCode, reason: str | None = None) -> Iterator[dict[str, Any]]:
-    """Expect the block to fail with `code` (and delivery's ErrorInfo `reason`)."""
-    got: dict[str, Any] = {}
-    try:
-        yield got
-    except grpc.RpcError as e:
-        assert e.code() == code, f"expected {code}, got {e.code()}: {e.details()}"
-        got.update(details(e))
-        info = got["ErrorInfo"]
-        assert info.domain == "delivery.bizmsg", info
-        if reason is not None:
-            assert info.reason == reason, info
-    else:
-        raise AssertionError(f"expected {code}")
+def fails(
+    code: grpc.StatusCode, reason: str | None = None
+) -> AbstractContextManager[dict[str, Any]]:
+    """Expect the block's call to fail with `code` (and delivery's ErrorInfo `reason`)."""
+    return expect_error(code, reason, domain="delivery.bizmsg")
 
 
 def retry_delay(d: Mapping[str, Any]) -> float:
