@@ -97,6 +97,8 @@ class Result:
     seconds: float
     p50_ms: float
     p99_ms: float
+    # CPU of the whole process (the service and the load generator's threads) per call.
+    cpu_ms: float
 
     @property
     def throughput(self) -> float:
@@ -137,6 +139,7 @@ def _load(target: str, records: int, seconds: float, concurrency: int) -> Result
             metadata=md,
         )
     started = time.monotonic()
+    cpu_started = time.process_time()
     deadline = started + seconds
     threads = [threading.Thread(target=worker, args=(n + 1,)) for n in range(concurrency)]
     for t in threads:
@@ -144,9 +147,11 @@ def _load(target: str, records: int, seconds: float, concurrency: int) -> Result
     for t in threads:
         t.join()
     elapsed = time.monotonic() - started
+    cpu = time.process_time() - cpu_started
     channel.close()
     q = statistics.quantiles(latencies, n=100)
-    return Result(records, len(latencies), elapsed, q[49] * 1000, q[98] * 1000)
+    calls = len(latencies)
+    return Result(records, calls, elapsed, q[49] * 1000, q[98] * 1000, cpu * 1000 / calls)
 
 
 def run(records: int, url: str, seconds: float, concurrency: int) -> Result:
@@ -190,7 +195,8 @@ def _ratios(small: list[Result], large: list[Result]) -> str:
     tput = statistics.median(r.throughput for r in small) / statistics.median(
         r.throughput for r in large
     )
-    return f"p50 {p50:.2f}x, p99 {p99:.2f}x, throughput {tput:.2f}x slower"
+    cpu = statistics.median(r.cpu_ms for r in large) / statistics.median(r.cpu_ms for r in small)
+    return f"p50 {p50:.2f}x, p99 {p99:.2f}x, throughput {tput:.2f}x slower, CPU/call {cpu:.2f}x"
 
 
 def main() -> None:
@@ -212,17 +218,21 @@ def main() -> None:
                 r = results[-1]
                 print(
                     f"round {round_ + 1}: {n:,} records: {r.throughput:.0f} calls/s, "
-                    f"p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms",
+                    f"p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, {r.cpu_ms:.2f} CPU ms/call",
                     flush=True,
                 )
                 if not ns.database_url:
                     _remove_sqlite(url)  # a 1M-row file is large: keep one at a time
-    print(f"{'round':>5} {'records':>10} {'calls':>8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'round':>5} {'records':>10} {'calls':>8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'cpu ms':>7}"
+    )
     for i, r in enumerate(results):
         print(
             f"{i // len(sizes) + 1:>5} {r.records:>10,} {r.calls:>8} {r.throughput:>9.0f} "
-            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f}"
+            f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.cpu_ms:>7.2f}"
         )
+    print("cpu ms: CPU of the whole process (service and load threads) per call")
     if len(sizes) == 2:
         small = [r for r in results if r.records == sizes[0]]
         large = [r for r in results if r.records == sizes[1]]

@@ -3,13 +3,14 @@
 Every write runs inside the caller's `db.write()` session (via the kit's idempotency), so an
 answer is committed before it is returned: a revocation or block is visible to every CheckConsent
 that starts after RevokeConsent/BlockBusiness returned, on any replica. CheckConsent reads one row
-by primary key in a fresh transaction and keeps no cache.
+by primary key, as one statement that starts after anything that returned, and keeps no cache.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +40,22 @@ def _window_times(r: Relation) -> WindowTimes:
     return WindowTimes(r.service_expire_time, r.entry_expire_time, r.free_entry_expire_time)
 
 
+def _state(row: Sequence[Any] | None) -> RelationState | None:
+    """A relation row's columns in store._STATE's order, as the decision rule's input."""
+    if row is None:
+        return None
+    cid, version, granted, revoked, expire, blocked, service, entry, free_entry = row
+    return RelationState(
+        cid,
+        version,
+        granted,
+        revoked,
+        expire,
+        bool(blocked),
+        WindowTimes(service, entry, free_entry),
+    )
+
+
 def window_pb(kind: int, expire: datetime | None) -> common_pb2.Window:
     w = common_pb2.Window(kind=kind)  # type: ignore[arg-type]
     if expire is not None:
@@ -52,6 +69,10 @@ class Ledger:
     clock: Clock
     hash_secret: bytes
     signer: crypto.ReceiptSigner
+    reader: store.RelationReader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reader = store.RelationReader(self.db)
 
     def person_hash(self, person_id: str) -> str:
         return crypto.person_hash(self.hash_secret, person_id)
@@ -295,21 +316,8 @@ class Ledger:
         return pb.UnblockBusinessResponse(was_blocked=True)
 
     async def check(self, business_id: str, person_id: str, category: int) -> Decision:
-        ph = self.person_hash(person_id)
-        async with self.db.read() as s:
-            r = await store.relation(s, ph, business_id)
-            state = None
-            if r is not None:
-                state = RelationState(
-                    r.consent_id,
-                    r.consent_version,
-                    r.granted,
-                    r.revoked,
-                    r.consent_expire_time,
-                    r.blocked,
-                    _window_times(r),
-                )
-        return decide(state, category, self.clock.now())
+        row = await self.reader.state(self.person_hash(person_id), business_id)
+        return decide(_state(row), category, self.clock.now())
 
     # --- windows ----------------------------------------------------------------------------
 
@@ -317,25 +325,40 @@ class Ledger:
         self, s: AsyncSession, req: pb.RecordUserMessageRequest
     ) -> pb.RecordUserMessageResponse:
         now = self.clock.now()
-        p = await self.person(s, req.person_id, create=True)
-        assert p is not None
-        r = await self._relation(s, p, req.business_id)
-        has_referral = req.HasField("referral")
-        w = after_user_message(_window_times(r), now, referral=has_referral)
-        if has_referral and w.entry_expire_time != r.entry_expire_time:
-            referral = {"click_id": req.referral.click_id, "campaign_id": req.referral.campaign_id}
-            r.entry_referral = self.seal(p, referral, f"referral:{r.business_id}")
-        r.service_expire_time, r.entry_expire_time = w.service_expire_time, w.entry_expire_time
-        r.last_user_message_time, r.update_time = now, now
+        ph = self.person_hash(req.person_id)
+        conn = await s.connection()
+        key = await store.data_key(conn, ph)
+        if key is None:  # the person's first contact with the service
+            p = await self.person(s, req.person_id, create=True)
+            assert p is not None
+            key = p.data_key
+        # The window rule (windows.after_user_message) with the stored times, in one upsert:
+        # the service window always moves to now + 24 h; a referral arms the entry point
+        # unless a free-entry window is open, which the statement decides on the row.
+        w = after_user_message(WindowTimes(), now, referral=req.HasField("referral"))
+        referral = None
+        if req.HasField("referral"):
+            r = {"click_id": req.referral.click_id, "campaign_id": req.referral.campaign_id}
+            referral = crypto.seal(key, _dumps(r), f"referral:{req.business_id}".encode())
+        service_expire, entry_expire = await store.record_user_message(
+            conn,
+            {
+                "ph": ph,
+                "biz": req.business_id,
+                "now": now,
+                "service": w.service_expire_time,
+                "entry": w.entry_expire_time,
+                "referral": referral,
+            },
+        )
         resp = pb.RecordUserMessageResponse(
             customer_service_window=window_pb(
-                common_pb2.WINDOW_KIND_CUSTOMER_SERVICE, w.service_expire_time
+                common_pb2.WINDOW_KIND_CUSTOMER_SERVICE, service_expire
             ),
-            free_entry_pending=w.entry_expire_time is not None and now < w.entry_expire_time,
+            free_entry_pending=entry_expire is not None and now < entry_expire,
         )
         if resp.free_entry_pending:
-            assert w.entry_expire_time is not None
-            resp.pending_expire_time.CopyFrom(to_timestamp(w.entry_expire_time))
+            resp.pending_expire_time.CopyFrom(to_timestamp(entry_expire))
         return resp
 
     async def record_business_reply(
@@ -343,33 +366,26 @@ class Ledger:
     ) -> pb.RecordBusinessReplyResponse:
         now = self.clock.now()
         ph = self.person_hash(req.person_id)
-        r = await store.relation(s, ph, req.business_id, lock=True)
-        if r is None:
+        conn = await s.connection()
+        state = _state(await store.relation_state(conn, ph, req.business_id))
+        if state is None:
             return pb.RecordBusinessReplyResponse(
                 window=window_pb(common_pb2.WINDOW_KIND_NONE, None)
             )
-        w, opened = after_business_reply(_window_times(r), now)
-        if w != _window_times(r):
-            r.entry_expire_time, r.free_entry_expire_time = (
-                w.entry_expire_time,
-                w.free_entry_expire_time,
+        w, opened = after_business_reply(state.windows, now)
+        if w != state.windows:
+            await store.update_windows(
+                conn,
+                {
+                    "ph": ph,
+                    "biz": req.business_id,
+                    "entry": w.entry_expire_time,
+                    "free_entry": w.free_entry_expire_time,
+                    "now": now,
+                },
+                clear_referral=w.entry_expire_time is None,
             )
-            if w.entry_expire_time is None:
-                r.entry_referral = None
-            r.update_time = now
-        d = decide(
-            RelationState(
-                r.consent_id,
-                r.consent_version,
-                r.granted,
-                r.revoked,
-                r.consent_expire_time,
-                r.blocked,
-                w,
-            ),
-            common_pb2.CATEGORY_SERVICE,
-            now,
-        )
+        d = decide(replace(state, windows=w), common_pb2.CATEGORY_SERVICE, now)
         return pb.RecordBusinessReplyResponse(
             window=window_pb(d.window.kind, d.window.expire_time), free_entry_opened=opened
         )

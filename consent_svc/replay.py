@@ -26,7 +26,6 @@ from bizmsg.kit.clock import Clock
 from bizmsg.kit.errors import AlreadyExists
 from bizmsg.kit.storage import Database
 from consent_svc import store
-from consent_svc.models import PersonAnswer
 
 Resp = TypeVar("Resp", bound=Message)
 
@@ -57,33 +56,47 @@ class PersonReplay:
         response_type: type[Resp],
         work: Callable[[AsyncSession], Awaitable[Resp]],
     ) -> Resp:
-        """The stored answer, or `work` done and its answer stored in the same transaction."""
+        """`work` done and its answer stored in the same transaction, or the stored answer.
+
+        The common case, a new request_id, costs no lookup: the answer is inserted with ON
+        CONFLICT DO NOTHING after the work. When a row was there already (a retry, or a
+        concurrent twin that committed first; PostgreSQL waits for it), this attempt is rolled
+        back, so its work has no effect, and the stored answer is replayed.
+        """
         key = self.key(method, request.request_id)  # type: ignore[attr-defined]
         fingerprint = self.fingerprint(request)
         for _ in range(2):
             try:
                 async with db.write() as s:
-                    seen = await store.person_answer(s, key)
-                    if seen is not None:
-                        if seen.fingerprint != fingerprint:
-                            raise AlreadyExists()
-                        return response_type.FromString(seen.response)
                     response = await work(s)
-                    s.add(
-                        PersonAnswer(
-                            key=key,
-                            person_hash=person_hash,
-                            fingerprint=fingerprint,
-                            response=response.SerializeToString(deterministic=True),
-                            create_time=self._clock.now(),
-                        )
+                    # Flushes whatever the ORM holds (a new person) before the Core insert.
+                    await s.flush()
+                    stored = await store.save_answer(
+                        await s.connection(),
+                        {
+                            "key": key,
+                            "person_hash": person_hash,
+                            "fingerprint": fingerprint,
+                            "response": response.SerializeToString(deterministic=True),
+                            "create_time": self._clock.now(),
+                        },
                     )
-                    return response
+                    if stored:
+                        return response
+                    raise _Answered
+            except _Answered:
+                break
             except IntegrityError:
-                # A concurrent retry with the same request_id committed first: replay its answer.
+                # A concurrent first contact of the same person committed first: run again.
                 continue
         async with db.read() as s:
-            seen = await store.person_answer(s, key)
-        if seen is None or seen.fingerprint != fingerprint:
+            seen = await store.answer(await s.connection(), key)
+        if seen is None:
             raise AlreadyExists("CONFLICT", "a concurrent request with this request_id failed")
+        if seen.fingerprint != fingerprint:
+            raise AlreadyExists()
         return response_type.FromString(seen.response)
+
+
+class _Answered(Exception):
+    """Rolls back an attempt whose request_id has an answer already."""

@@ -1,15 +1,28 @@
-"""Storage of the consent service: queries only, no rules."""
+"""Storage of the consent service: queries only, no rules.
+
+The hot paths (CheckConsent, RecordUserMessage, RecordBusinessReply and their request_id
+replay) use statements built once, here, as SQLAlchemy Core with bind parameters, run on the
+transaction's connection: no ORM unit of work, no statement building per call. CheckConsent's
+single read goes one step further (see `RelationReader`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import LargeBinary, Row, Table, bindparam, case, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.dialects.postgresql import asyncpg
+from sqlalchemy.dialects.sqlite import aiosqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from bizmsg.kit.clock import Clock
-from bizmsg.kit.storage import Database
+from bizmsg.kit.storage import Database, UTCDateTime
 from consent_svc.models import (
     ErasureAnswer,
     History,
@@ -82,10 +95,6 @@ async def delete_person_rows(s: AsyncSession, person_hash: str, principal: str) 
     await s.execute(delete(PersonAnswer).where(PersonAnswer.person_hash == person_hash))
 
 
-async def person_answer(s: AsyncSession, key: str) -> PersonAnswer | None:
-    return await s.get(PersonAnswer, key)
-
-
 async def erasure_answer(s: AsyncSession, key: str) -> ErasureAnswer | None:
     return await s.get(ErasureAnswer, key)
 
@@ -103,3 +112,187 @@ async def secure_delete(s: AsyncSession, db: Database) -> None:
     """SQLite overwrites deleted content with zeros instead of leaving it in free space."""
     if db.dialect == "sqlite":
         await s.execute(text("PRAGMA secure_delete=ON"))
+
+
+# --- hot paths ---------------------------------------------------------------------------------
+
+# A result row of any shape (its columns are read by name or position).
+Record = Row[*tuple[Any, ...]]
+
+_R = cast(Table, Relation.__table__)
+_P = cast(Table, Person.__table__)
+_A = cast(Table, PersonAnswer.__table__)
+# Bind names differ from column names: an INSERT/UPDATE reserves the latter.
+_PK = (_R.c.person_hash == bindparam("ph")) & (_R.c.business_id == bindparam("biz"))
+
+# What CheckConsent's rule reads, in this order (see decision.RelationState).
+_STATE = select(
+    _R.c.consent_id,
+    _R.c.consent_version,
+    _R.c.granted,
+    _R.c.revoked,
+    _R.c.consent_expire_time,
+    _R.c.blocked,
+    _R.c.service_expire_time,
+    _R.c.entry_expire_time,
+    _R.c.free_entry_expire_time,
+).where(_PK)
+_STATE_FOR_UPDATE = _STATE.with_for_update()
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    processors: tuple[Callable[[Any], Any] | None, ...]
+
+
+def _compile(dialect: Dialect) -> _Compiled:
+    c = _STATE.compile(dialect=dialect)
+    assert c.positiontup == ["ph", "biz"]
+    procs = tuple(
+        col.type.dialect_impl(dialect).result_processor(dialect, None)
+        for col in _STATE.selected_columns
+    )
+    return _Compiled(str(c), procs)
+
+
+_COMPILED = {
+    "sqlite": _compile(aiosqlite.dialect()),
+    "postgresql": _compile(asyncpg.dialect()),  # type: ignore[no-untyped-call]
+}
+
+
+class RelationReader:
+    """CheckConsent's one read: one row by primary key, as one statement on the driver.
+
+    No transaction is opened: a single SELECT is atomic and, in autocommit, reads the newest
+    committed state when it starts (SQLite WAL: a fresh read snapshot per statement; PostgreSQL:
+    READ COMMITTED's per-statement snapshot), so everything committed before it started, such
+    as a revocation that has returned, is seen. A BEGIN/COMMIT around it would add two
+    statements (on aiosqlite, thread hand-offs) and guarantee nothing more. The connection comes
+    from the kit's pool; the statement is the Core one above, compiled once, and the values
+    go through the columns' own result processors (UTCDateTime, Boolean), so rows read here
+    equal rows read through SQLAlchemy.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._engine = db.engine
+        self._compiled = _COMPILED[db.dialect]
+        self._sqlite = db.dialect == "sqlite"
+
+    async def state(self, person_hash: str, business_id: str) -> tuple[Any, ...] | None:
+        conn = await self._engine.connect()
+        try:
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            if self._sqlite:
+                # aiosqlite: execute and fetch in one hand-off to its thread.
+                rows = list(
+                    await driver.execute_fetchall(self._compiled.sql, (person_hash, business_id))
+                )
+                row = rows[0] if rows else None
+            else:
+                row = await driver.fetchrow(self._compiled.sql, person_hash, business_id)
+        finally:
+            # A cancelled call still gives the connection back to the pool.
+            await asyncio.shield(conn.close())
+        if row is None:
+            return None
+        procs = self._compiled.processors
+        return tuple(v if p is None else p(v) for v, p in zip(tuple(row), procs, strict=True))
+
+
+async def relation_state(
+    conn: AsyncConnection, person_hash: str, business_id: str
+) -> Record | None:
+    """The same columns inside a write transaction, locked on PostgreSQL (SQLite serialises
+    writers already)."""
+    result = await conn.execute(_STATE_FOR_UPDATE, {"ph": person_hash, "biz": business_id})
+    return result.first()
+
+
+_DATA_KEY = select(_P.c.data_key).where(_P.c.person_hash == bindparam("ph"))
+
+
+async def data_key(conn: AsyncConnection, person_hash: str) -> bytes | None:
+    return cast(bytes | None, (await conn.execute(_DATA_KEY, {"ph": person_hash})).scalar())
+
+
+_ANSWER = select(_A.c.fingerprint, _A.c.response).where(_A.c.key == bindparam("key"))
+_INSERT_ANSWER = {
+    name: insert(_A).on_conflict_do_nothing(index_elements=[_A.c.key]).returning(_A.c.key)
+    for name, insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
+
+
+async def answer(conn: AsyncConnection, key: str) -> Record | None:
+    return (await conn.execute(_ANSWER, {"key": key})).first()
+
+
+async def save_answer(conn: AsyncConnection, values: dict[str, Any]) -> bool:
+    """Stores an answer unless its key has one already; whether it did."""
+    result = await conn.execute(_INSERT_ANSWER[conn.dialect.name], values)
+    return result.first() is not None
+
+
+def _user_message_upsert(insert: Any) -> Any:
+    """A person's message: the relation made or its customer-service window extended, in one
+    statement. Whether a referral arms the entry point is decided in SQL on the locked row, by
+    windows.after_user_message's rule: only while no free-entry window is open."""
+    now = bindparam("now", type_=UTCDateTime())
+    service = bindparam("service", type_=UTCDateTime())
+    entry = bindparam("entry", type_=UTCDateTime())
+    referral = bindparam("referral", type_=LargeBinary())
+    stmt = insert(_R).values(
+        person_hash=bindparam("ph"),
+        business_id=bindparam("biz"),
+        last_user_message_time=now,
+        service_expire_time=service,
+        entry_expire_time=entry,
+        entry_referral=referral,
+        update_time=now,
+    )
+    free_entry_open = _R.c.free_entry_expire_time.is_not(None) & (_R.c.free_entry_expire_time > now)
+    # No referral: entry and referral bind as NULL and the CASE keeps the stored ones.
+    arm = entry.is_not(None) & ~free_entry_open
+    return stmt.on_conflict_do_update(
+        index_elements=[_R.c.person_hash, _R.c.business_id],
+        set_={
+            "last_user_message_time": now,
+            "service_expire_time": service,
+            "entry_expire_time": case((arm, entry), else_=_R.c.entry_expire_time),
+            "entry_referral": case((arm, referral), else_=_R.c.entry_referral),
+            "update_time": now,
+        },
+    ).returning(_R.c.service_expire_time, _R.c.entry_expire_time)
+
+
+_USER_MESSAGE = {
+    "sqlite": _user_message_upsert(sqlite.insert),
+    "postgresql": _user_message_upsert(postgresql.insert),
+}
+
+
+async def record_user_message(
+    conn: AsyncConnection, values: dict[str, Any]
+) -> tuple[datetime | None, datetime | None]:
+    """The relation's customer-service and entry-point expiry after the message."""
+    row = (await conn.execute(_USER_MESSAGE[conn.dialect.name], values)).one()
+    return row.service_expire_time, row.entry_expire_time
+
+
+_REPLY_UPDATE = (
+    _R.update()
+    .where(_PK)
+    .values(
+        entry_expire_time=bindparam("entry", type_=UTCDateTime()),
+        free_entry_expire_time=bindparam("free_entry", type_=UTCDateTime()),
+        update_time=bindparam("now", type_=UTCDateTime()),
+    )
+)
+_REPLY_UPDATE_CLEAR = _REPLY_UPDATE.values(entry_referral=None)
+
+
+async def update_windows(
+    conn: AsyncConnection, values: dict[str, Any], *, clear_referral: bool
+) -> None:
+    await conn.execute(_REPLY_UPDATE_CLEAR if clear_referral else _REPLY_UPDATE, values)

@@ -53,6 +53,9 @@ def current_window(w: WindowTimes, now: datetime) -> OpenWindow:
 
 
 def after_user_message(w: WindowTimes, now: datetime, *, referral: bool) -> WindowTimes:
+    """The times after a person's message. RecordUserMessage applies this in one upsert
+    (store._user_message_upsert), which evaluates the free-entry condition on the stored row:
+    keep the two in step."""
     entry = w.entry_expire_time
     if referral and not _open(w.free_entry_expire_time, now):
         entry = now + ENTRY_POINT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import grpc
@@ -155,6 +156,28 @@ def test_free_entry_window_opens_for_an_ad_referral_answered_within_24_hours(
     assert not d.allowed and d.window.kind == c.WINDOW_KIND_NONE
 
 
+def test_a_referral_while_free_entry_is_open_arms_nothing(consent: Consent) -> None:
+    user_message(consent, "alice", "acme", click="click-1")
+    reply_time = consent.clock.now()
+    assert reply(consent, "alice", "acme").free_entry_opened
+    consent.clock.advance(timedelta(hours=1))
+    again = user_message(consent, "alice", "acme", click="click-2")
+    assert not again.free_entry_pending
+    # The customer-service window still moves with the message.
+    assert from_timestamp(again.customer_service_window.expire_time) == (
+        consent.clock.now() + timedelta(hours=24)
+    )
+    d = consent.check("alice", "acme", c.CATEGORY_SERVICE)
+    assert d.window.kind == c.WINDOW_KIND_FREE_ENTRY and not d.free_entry_pending
+    assert from_timestamp(d.window.expire_time) == reply_time + timedelta(hours=72)
+    assert not reply(consent, "alice", "acme").free_entry_opened
+    # Once it has closed, a new ad referral arms a new entry point.
+    consent.clock.set(reply_time + timedelta(hours=72))
+    later = user_message(consent, "alice", "acme", click="click-3")
+    assert later.free_entry_pending
+    assert reply(consent, "alice", "acme").free_entry_opened
+
+
 def test_free_entry_needs_a_reply_within_24_hours(consent: Consent) -> None:
     user_message(consent, "alice", "acme", click="click-1")
     consent.clock.advance(timedelta(hours=24))
@@ -209,3 +232,40 @@ def test_ad_preferences_are_off_until_the_person_turns_them_on(consent: Consent)
     consent.call("SetAdPreferences", on, "user:alice")
     seen = consent.call("GetAdPreferences", get, "service:ads").preferences
     assert seen.personalization_enabled and list(seen.interests) == ["cycling", "jazz"]
+
+
+def test_delivery_retries_replay_and_change_nothing(consent: Consent) -> None:
+    """RecordUserMessage and RecordBusinessReply are idempotent by request_id: a retry, even
+    later or from several threads at once, returns the first answer and moves no window; the
+    same request_id with other parameters is refused and changes nothing."""
+    msg = pb.RecordUserMessageRequest(request_id=rid(), person_id="alice", business_id="acme")
+    first = consent.call("RecordUserMessage", msg, DELIVERY)
+    consent.clock.advance(timedelta(hours=2))
+    assert consent.call("RecordUserMessage", msg, DELIVERY) == first
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda _: consent.call("RecordUserMessage", msg, DELIVERY), range(16))
+        )
+    assert all(a == first for a in answers)
+    d = consent.check("alice", "acme", c.CATEGORY_SERVICE)
+    assert d.window.expire_time == first.customer_service_window.expire_time
+
+    other = pb.RecordUserMessageRequest(
+        request_id=msg.request_id,
+        person_id="alice",
+        business_id="acme",
+        referral=c.Referral(click_id="click-1"),
+    )
+    code, details = rpc_error(consent.call, "RecordUserMessage", other, DELIVERY)
+    assert code == grpc.StatusCode.ALREADY_EXISTS and reason_of(details) == "REQUEST_ID_REUSED"
+    d = consent.check("alice", "acme", c.CATEGORY_SERVICE)
+    assert d.window.kind == c.WINDOW_KIND_CUSTOMER_SERVICE and not d.free_entry_pending
+    assert d.window.expire_time == first.customer_service_window.expire_time
+
+    # Many first messages at once, each with its own request_id, for a person the service has
+    # never seen: one person, one relation, every call answered.
+    with ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(lambda i: user_message(consent, "bob", f"biz{i % 2}"), range(8)))
+    assert len(done) == 8
+    assert consent.check("bob", "biz0", c.CATEGORY_SERVICE).allowed
+    assert consent.check("bob", "biz1", c.CATEGORY_SERVICE).allowed
