@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from grpc_status import rpc_status
+from sqlalchemy.exc import DBAPIError
 
 from bizmsg.kit import calls
 from bizmsg.kit.auth import TokenAuthority, set_current_principal
@@ -72,6 +73,15 @@ class _Call:
         if draining and not isinstance(e, DomainError):
             # Dependencies and pools close while draining; say so instead of INTERNAL.
             e = Unavailable("SHUTTING_DOWN", "the service is shutting down; retry", retry_after=1)
+        elif isinstance(e, DBAPIError) and e.connection_invalidated:
+            # The database went away under this call (restart, failover): nothing was
+            # committed, and the pool has dropped the connection, so a retry can succeed.
+            log.warning(
+                "database connection lost", extra={"fields": {"request_id": self.request_id}}
+            )
+            e = Unavailable(
+                "DATABASE_UNAVAILABLE", "the database is unreachable; retry", retry_after=1
+            )
         if isinstance(e, DomainError):
             self.code = e.code
             status = rpc_status.to_status(e.to_status(self.domain))
