@@ -43,7 +43,7 @@ def test_outgoing_deadline_is_the_callers_remaining_time(relay) -> None:  # type
 
 def test_outgoing_deadline_defaults_when_caller_has_none(relay) -> None:  # type: ignore[no-untyped-def]
     left = float(relay(b"Remaining:", metadata=metadata_for("user:alice")))
-    assert 2.0 < left <= 3.0  # BIZMSG_CALL_TIMEOUT
+    assert 2.0 < left < 3.5  # BIZMSG_CALL_TIMEOUT (3 s), give or take clock granularity
 
 
 def test_slow_dependency_gives_deadline_exceeded(relay) -> None:  # type: ignore[no-untyped-def]
