@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from billing_svc import ledger
+from billing_svc import ledger, store
 from billing_svc.models import AccountRow, RateCardRow
 
 _T = cast(Table, AccountRow.__table__)
@@ -136,17 +136,8 @@ async def post_locked(
 ) -> None:
     """The slow path: lock the row, check in Python (raising the exact error), apply."""
     row = (await conn.execute(_LOCK, {"account_id": account_id})).one()
-    b = ledger.Balances(
-        account_id=row.id,
-        currency=row.currency,
-        credit_limit=row.credit_limit,
-        credits_posted=row.credits_posted,
-        debits_posted=row.debits_posted,
-        debits_pending=row.debits_pending,
-        credits_pending=row.credits_pending,
-    )
     check = ledger.check_debit if side is Side.DEBIT else ledger.check_credit
-    check(op, b, amount)
+    check(op, store.balances(row), amount)
     await conn.execute(_PLAIN[op, side], {"account_id": account_id, "amount": amount})
 
 

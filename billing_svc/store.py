@@ -33,7 +33,8 @@ from bizmsg.kit.storage import UTCDateTime
 PLATFORM_OWNER = "platform"
 
 
-def balances(row: AccountRow) -> ledger.Balances:
+def balances(row: AccountRow | Row[Any]) -> ledger.Balances:
+    """The ledger's view of an account row (an ORM row or a Core row with the same columns)."""
     return ledger.Balances(
         account_id=row.id,
         currency=row.currency,
