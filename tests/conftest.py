@@ -12,6 +12,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -68,22 +69,32 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def database_url_factory(backend: str, tmp_path: Path) -> Iterator[DatabaseUrlFactory]:
-    """Makes one fresh database per call (named by `name`) on the test's backend."""
+@contextmanager
+def databases(backend: str, directory: Path) -> Iterator[DatabaseUrlFactory]:
+    """Makes one fresh database per call (named by `name`): a file in `directory` on SQLite,
+    a new database on PostgreSQL; the PostgreSQL ones are dropped when the block ends."""
     created: list[str] = []
 
     def make(name: str = "db") -> str:
         if backend == "sqlite":
-            return f"sqlite+aiosqlite:///{tmp_path / (name + '.db')}"
+            return f"sqlite+aiosqlite:///{directory / (name + '.db')}"
         dbname = f"bizmsg_t_{name}_{uuid.uuid4().hex[:12]}"
         asyncio.run(_admin(f'CREATE DATABASE "{dbname}"'))
         created.append(dbname)
         return _async_url(dbname)
 
-    yield make
-    for dbname in created:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+    try:
+        yield make
+    finally:
+        for dbname in created:
+            asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database_url_factory(backend: str, tmp_path: Path) -> Iterator[DatabaseUrlFactory]:
+    """Makes one fresh database per call (named by `name`) on the test's backend."""
+    with databases(backend, tmp_path) as make:
+        yield make
 
 
 @pytest.fixture
