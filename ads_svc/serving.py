@@ -35,6 +35,7 @@ from ads_svc.partners import Billing, Charge, Consent, Preferences
 from ads_svc.settings import AdsSettings
 from ads_svc.store import AnyRow
 from bizmsg.ads.v1 import ads_pb2
+from bizmsg.kit import idempotency
 from bizmsg.kit.auth import current_principal
 from bizmsg.kit.clock import Clock
 from bizmsg.kit.errors import Aborted
@@ -273,4 +274,4 @@ async def refund_impression(
         if unfunded_until is not None:
             await store.set_unfunded(session, campaign_id, unfunded_until)
         if forget is not None:
-            await store.forget_response(session, IDEMPOTENCY, forget[0], METHOD, forget[1])
+            await idempotency.forget(session, IDEMPOTENCY, forget[0], METHOD, forget[1])

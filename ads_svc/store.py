@@ -309,20 +309,6 @@ async def add_impression(session: AsyncSession, values: dict[str, Any]) -> None:
     await session.execute(_INSERT_IMPRESSION, values)
 
 
-async def forget_response(
-    session: AsyncSession, table: Table, principal: str, method: str, request_id: str
-) -> None:
-    """Drop a stored idempotent response that turned out not to stand (its charge was
-    refused), so the request can be answered anew."""
-    await session.execute(
-        delete(table).where(
-            table.c.principal == principal,
-            table.c.method == method,
-            table.c.request_id == request_id,
-        )
-    )
-
-
 async def release(
     session: AsyncSession,
     campaign_id: str,

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from bizmsg.kit.clock import Clock
+from bizmsg.kit.idempotency import forget
 from bizmsg.kit.storage import Database, UTCDateTime
 from consent_svc.models import (
     ErasureAnswer,
@@ -91,7 +92,7 @@ async def delete_person_rows(s: AsyncSession, person_hash: str, principal: str) 
     their own calls (kit table, by principal) and for delivery's calls about them (by hash)."""
     await s.execute(delete(Relation).where(Relation.person_hash == person_hash))
     await s.execute(delete(Person).where(Person.person_hash == person_hash))
-    await s.execute(delete(idempotency_keys).where(idempotency_keys.c.principal == principal))
+    await forget(s, idempotency_keys, principal)
     await s.execute(delete(PersonAnswer).where(PersonAnswer.person_hash == person_hash))
 
 

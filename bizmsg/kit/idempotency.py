@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import Column, LargeBinary, MetaData, String, Table, bindparam, select
+from sqlalchemy import Column, LargeBinary, MetaData, String, Table, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,6 +36,23 @@ def idempotency_table(metadata: MetaData) -> Table:
         Column("response", LargeBinary, nullable=False),
         Column("create_time", UTCDateTime, nullable=False),
     )
+
+
+async def forget(
+    session: AsyncSession,
+    table: Table,
+    principal: str,
+    method: str | None = None,
+    request_id: str | None = None,
+) -> None:
+    """Drop stored answers: one request's (an answer that did not stand), or every answer of
+    a principal (erasure)."""
+    where = [table.c.principal == principal]
+    if method is not None:
+        where.append(table.c.method == method)
+    if request_id is not None:
+        where.append(table.c.request_id == request_id)
+    await session.execute(delete(table).where(*where))
 
 
 def fingerprint(request: Message) -> str:
