@@ -170,7 +170,7 @@ class RelationReader:
     committed state when it starts (SQLite WAL: a fresh read snapshot per statement; PostgreSQL:
     READ COMMITTED's per-statement snapshot), so everything committed before it started, such
     as a revocation that has returned, is seen. A BEGIN/COMMIT around it would add two
-    statements (on aiosqlite, thread hand-offs) and guarantee nothing more. The connection comes
+    statements and guarantee nothing more. The connection comes
     from the kit's pool; the statement is the Core one above, compiled once, and the values
     go through the columns' own result processors (UTCDateTime, Boolean), so rows read here
     equal rows read through SQLAlchemy.
@@ -186,7 +186,7 @@ class RelationReader:
         try:
             driver: Any = (await conn.get_raw_connection()).driver_connection
             if self._sqlite:
-                # aiosqlite: execute and fetch in one hand-off to its thread.
+                # bizmsg.kit.sqlite_inline: execute and fetch in one call.
                 rows = list(
                     await driver.execute_fetchall(self._compiled.sql, (person_hash, business_id))
                 )

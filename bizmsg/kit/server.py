@@ -41,6 +41,10 @@ class ServiceDefinition:
     dependencies: tuple[str, ...] = ()
 
 
+# SQLite's serving connections do not checkpoint (storage.py); the server does, this often.
+CHECKPOINT_INTERVAL = 1.0
+
+
 @dataclass
 class Runtime:
     """What a service's build() gets: settings, clock, its database and its dependencies."""
@@ -138,6 +142,8 @@ async def start(
     for dep, target in (dependency_targets or {}).items():
         channels.set_target(dep, target)
     runtime = Runtime(definition, settings, clock or make_clock(settings), db, tokens, channels)
+    if db.dialect == "sqlite":
+        runtime.every(CHECKPOINT_INTERVAL, db.checkpoint, "sqlite-checkpoint")
     servicer = await definition.build(runtime)
 
     interceptor = ServerInterceptor(definition.name, tokens)

@@ -1,16 +1,20 @@
 """SQLAlchemy 2 (asyncio) set-up shared by every service.
 
-SQLite (aiosqlite) is the embedded default: WAL, synchronous=NORMAL, a busy timeout, and
-write transactions opened with BEGIN IMMEDIATE so writers queue on the lock instead of
-failing on a read-to-write upgrade. Within one process, writers also queue on an asyncio
-lock first: SQLite's own busy handler polls with growing sleeps, which turns contention
-into long tails, while the lock hands over at once. PostgreSQL (asyncpg) when a URL says
-so. Each service owns one database and migrates it with its own Alembic scripts at start-up.
+SQLite is the embedded default: WAL, synchronous=NORMAL, statements run on the event loop's
+thread (sqlite_inline.py: no thread hand-off per statement), write transactions opened with
+BEGIN IMMEDIATE so writers queue on the lock instead of failing on a read-to-write upgrade.
+Within one process, writers also queue on an asyncio lock first: it hands over at once, where
+waiting on SQLite's lock means polling. Automatic checkpoints are off on the serving
+connections; `checkpoint()` (run by the server every second) copies the WAL back into the
+database from a worker thread, so the loop never waits for an fsync. PostgreSQL (asyncpg) when
+a URL says so. Each service owns one database and migrates it with its own Alembic scripts at
+start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -18,7 +22,7 @@ from typing import Any
 
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import Connection, MetaData, event, pool
+from sqlalchemy import Connection, MetaData, event, make_url, pool
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -28,6 +32,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.types import DateTime, TypeDecorator
 
+from bizmsg.kit import sqlite_inline
 from bizmsg.kit.errors import Unavailable
 from bizmsg.kit.timeutil import utc
 
@@ -55,13 +60,13 @@ class UTCDateTime(TypeDecorator[datetime]):
 def _sqlite_setup(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # Take transaction control from the driver so BEGIN is ours (see on_begin).
-        dbapi_conn.isolation_level = None
+        # The driver opens no transactions (sqlite_inline.connector), so BEGIN is ours (see
+        # on_begin); lock waits are retried on the loop, so no blocking busy_timeout here.
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -75,8 +80,13 @@ class Database:
         self.url = url
         if url.startswith("sqlite"):
             self.dialect = "sqlite"
+            self._path = make_url(url).database or ""
             self.engine = create_async_engine(
-                url, poolclass=pool.AsyncAdaptedQueuePool, pool_size=pool_size, max_overflow=0
+                url,
+                async_creator=sqlite_inline.connector(self._path),
+                poolclass=pool.AsyncAdaptedQueuePool,
+                pool_size=pool_size,
+                max_overflow=0,
             )
             _sqlite_setup(self.engine)
         else:
@@ -133,6 +143,13 @@ class Database:
         finally:
             await asyncio.shield(session.close())
 
+    async def checkpoint(self) -> None:
+        """Copy SQLite's WAL back into the database file (PASSIVE: never waits for readers or
+        writers), in a worker thread with its own connection, so the loop is not held up by
+        the fsync. Does nothing on PostgreSQL."""
+        if self.dialect == "sqlite":
+            await asyncio.to_thread(_checkpoint, self._path)
+
     async def migrate(self, script_location: str) -> None:
         """Bring the schema to the newest revision of the service's Alembic scripts."""
         cfg = Config()
@@ -147,6 +164,14 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _checkpoint(path: str) -> None:
+    conn = sqlite3.connect(path, timeout=1.0)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        conn.close()
 
 
 def run_migrations_env(target_metadata: MetaData) -> None:

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import await_
 
 from bizmsg.common.v1 import common_pb2 as c
 from bizmsg.consent.v1 import consent_pb2 as pb
@@ -55,8 +54,8 @@ class StatementCounter:
     def _on_connect(self, dbapi_conn: Any, _record: Any) -> None:
         driver = dbapi_conn.driver_connection
         if self._dialect == "sqlite":
-            # The sqlite3 connection lives on aiosqlite's thread: set the callback there.
-            await_(driver._execute(driver._conn.set_trace_callback, self._on_database))
+            # bizmsg.kit.sqlite_inline wraps the sqlite3 connection; trace it there.
+            driver._conn.set_trace_callback(self._on_database)
         else:
             driver.add_query_logger(lambda record: self._on_database(record.query))
 

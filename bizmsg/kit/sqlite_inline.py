@@ -1,0 +1,173 @@
+"""SQLite for SQLAlchemy's asyncio engine, run on the event loop's own thread.
+
+aiosqlite sends every statement to a worker thread and wakes the loop when it is done: two
+thread hand-offs per statement, which cost more CPU than the statement itself (a primary-key
+read or a one-row insert takes microseconds; profiles of SendMessage put 26 % of delivery's CPU
+in aiosqlite). SQLite is a library, not a server: with WAL, synchronous=NORMAL and automatic
+checkpoints moved off the loop (see storage.py), a statement never waits for the disk. The one
+wait left is for another process's write lock; that wait is not a blocking busy handler here but
+an `await asyncio.sleep` between retries, so the loop keeps serving.
+
+The classes below give SQLAlchemy's aiosqlite adapter the awaitable API it expects (the subset
+of aiosqlite it calls); pass `connect` as `async_creator`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+# How long a statement keeps retrying while another process holds the write lock.
+BUSY_TIMEOUT = 30.0
+_FIRST_BACKOFF = 0.001
+_MAX_BACKOFF = 0.05
+
+
+def _busy(e: sqlite3.OperationalError) -> bool:
+    return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(e)
+
+
+async def _retry_busy(run: Callable[[], Any]) -> Any:
+    """Run `run`; while SQLite says another connection holds the lock, sleep and retry.
+
+    A statement that failed with SQLITE_BUSY had no effect, so running it again is safe (BEGIN
+    IMMEDIATE is where writers wait; in WAL mode readers are not blocked)."""
+    try:
+        return run()
+    except sqlite3.OperationalError as e:
+        if not _busy(e):
+            raise
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    backoff = _FIRST_BACKOFF
+    while True:
+        await asyncio.sleep(backoff)
+        try:
+            return run()
+        except sqlite3.OperationalError as e:
+            if not _busy(e) or time.monotonic() >= deadline:
+                raise
+        backoff = min(backoff * 2, _MAX_BACKOFF)
+
+
+class Cursor:
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    async def __aenter__(self) -> Cursor:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._cursor.close()
+
+    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
+        await _retry_busy(lambda: self._cursor.execute(sql, parameters))
+        return self
+
+    async def executemany(self, sql: str, parameters: Iterable[Sequence[Any]]) -> Cursor:
+        rows = list(parameters)  # may be retried, so not a one-shot iterator
+        await _retry_busy(lambda: self._cursor.executemany(sql, rows))
+        return self
+
+    async def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        return self._cursor.fetchmany(size if size is not None else self._cursor.arraysize)
+
+    async def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+    async def close(self) -> None:
+        self._cursor.close()
+
+    async def nextset(self) -> None:
+        return None
+
+    async def setinputsizes(self, *_: Any) -> None:
+        return None
+
+    @property
+    def description(self) -> Any:
+        return self._cursor.description
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return self._cursor.lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._cursor.arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._cursor.arraysize = value
+
+
+class Connection:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        # SQLAlchemy's adapter checks `_connection` before commit and rollback.
+        self._connection: sqlite3.Connection | None = conn
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        return self._connection
+
+    def cursor(self) -> Cursor:
+        return Cursor(self._conn.cursor())
+
+    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
+        return await Cursor(self._conn.cursor()).execute(sql, parameters)
+
+    async def execute_fetchall(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        cur = self._conn.cursor()
+        try:
+            await _retry_busy(lambda: cur.execute(sql, parameters))
+            return cur.fetchall()
+        finally:
+            cur.close()
+
+    async def commit(self) -> None:
+        await _retry_busy(self._conn.commit)
+
+    async def rollback(self) -> None:
+        self._conn.rollback()
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def stop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def create_function(self, *args: Any, **kw: Any) -> None:
+        self._conn.create_function(*args, **kw)
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self._conn.isolation_level
+
+
+def connector(path: str) -> Callable[[], Any]:
+    """An `async_creator` for create_async_engine: a connection to the file at `path`.
+
+    isolation_level=None: the driver opens no transactions of its own; storage.py issues
+    BEGIN / BEGIN IMMEDIATE. timeout=0: waiting for another process's lock is _retry_busy's
+    job, on the loop, not the driver's blocking busy handler."""
+
+    async def connect() -> Connection:
+        conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        return Connection(conn)
+
+    return connect
