@@ -135,6 +135,11 @@ class Connection:
         finally:
             cur.close()
 
+    async def begin(self, immediate: bool) -> None:
+        """Open a transaction; IMMEDIATE takes the write lock now (waiting for it here)."""
+        sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+        await _retry_busy(lambda: self._conn.execute(sql))
+
     async def commit(self) -> None:
         await _retry_busy(self._conn.commit)
 

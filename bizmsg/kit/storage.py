@@ -25,12 +25,14 @@ from alembic.config import Config
 from sqlalchemy import Connection, MetaData, event, make_url, pool
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 from sqlalchemy.types import DateTime, TypeDecorator
+from sqlalchemy.util import await_
 
 from bizmsg.kit import sqlite_inline
 from bizmsg.kit.errors import Unavailable
@@ -72,7 +74,10 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get(_WRITE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # Straight to the driver: BEGIN through exec_driver_sql costs a whole statement
+        # execution in SQLAlchemy, more than the BEGIN itself.
+        driver: sqlite_inline.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+        await_(driver.begin(immediate))
 
 
 class Database:
@@ -98,7 +103,9 @@ class Database:
             )
         self._writer = self.engine.execution_options(**{_WRITE: True})
         self._write_queue = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._write_conn: AsyncConnection | None = None  # SQLite: the writers' connection
         self._write_sessions = async_sessionmaker(self._writer, expire_on_commit=False)
+        self._held_sessions = self._write_sessions
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
@@ -114,7 +121,13 @@ class Database:
         except TimeoutError as e:
             raise Unavailable("DATABASE_BUSY", "the database is busy; retry", retry_after=1) from e
         try:
-            async with self._transaction(self._write_sessions) as session:
+            if self._write_conn is None:
+                # Writers take turns, so they share one connection: no pool checkout per call.
+                self._write_conn = await self._writer.connect()
+                self._held_sessions = async_sessionmaker(
+                    bind=self._write_conn, expire_on_commit=False
+                )
+            async with self._transaction(self._held_sessions) as session:
                 yield session
         finally:
             self._write_queue.release()
@@ -125,10 +138,9 @@ class Database:
         async with self._transaction(self._read_sessions) as session:
             yield session
 
-    @staticmethod
     @asynccontextmanager
     async def _transaction(
-        maker: async_sessionmaker[AsyncSession],
+        self, maker: async_sessionmaker[AsyncSession]
     ) -> AsyncIterator[AsyncSession]:
         session = maker()
         try:
@@ -141,7 +153,12 @@ class Database:
             await asyncio.shield(session.rollback())
             raise
         finally:
-            await asyncio.shield(session.close())
+            if self.dialect == "sqlite":
+                # Runs to the end without suspending (sqlite_inline never waits here), so no
+                # cancellation can land in it: no shield, which would cost a task per call.
+                await session.close()
+            else:
+                await asyncio.shield(session.close())
 
     async def checkpoint(self) -> None:
         """Copy SQLite's WAL back into the database file (PASSIVE: never waits for readers or
@@ -163,6 +180,9 @@ class Database:
             await conn.run_sync(upgrade)
 
     async def dispose(self) -> None:
+        if self._write_conn is not None:
+            await self._write_conn.close()
+            self._write_conn = None
         await self.engine.dispose()
 
 
