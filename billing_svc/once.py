@@ -98,14 +98,18 @@ class Once:
             "fingerprint": fingerprint(request),
             "create_time": self.clock.now(),
         }
+
+        async def attempt(session: AsyncSession) -> Resp:
+            tx = Tx(self, session, key)
+            response = await work(tx)
+            if not tx.saved:
+                await tx.save(response)
+            return response
+
         for _ in range(ATTEMPTS):
             try:
-                async with self.db.write() as session:
-                    tx = Tx(self, session, key)
-                    response = await work(tx)
-                    if not tx.saved:
-                        await tx.save(response)
-                    return response
+                # Group commit: concurrent calls share a transaction, each in its own savepoint.
+                return await self.db.write_batched(attempt)
             except (Retry, IntegrityError):
                 # A stale cache, or a concurrent writer won a unique index (the same wallet,
                 # the same rate-card version): run again, now seeing what it committed.

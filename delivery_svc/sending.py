@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bizmsg.billing.v1 import billing_pb2
 from bizmsg.common.v1 import common_pb2
@@ -211,49 +212,51 @@ class Sending:
             }
             for device_id, ciphertext in out.envelopes
         ]
+
+        async def write(s: AsyncSession) -> None:
+            # First, so that a twin request fails here before doing anything else.
+            await self.idem.save(s, METHOD, request, response)
+            conn = await s.connection()
+            seq = await store.next_seq(conn, message["sender"])
+            if state is not None:
+                await limits.count(
+                    conn,
+                    self.limit_settings,
+                    state,
+                    out.sender.id,
+                    out.recipient.id,
+                    charge.window_kind,
+                    arrival,
+                )
+            await store.add_message(conn, message, envelopes)
+            now = self.clock.now()
+            await store.add_events(
+                conn,
+                [
+                    {
+                        "sender": message["sender"],
+                        "seq": seq,
+                        "message_id": message_id,
+                        "recipient": message["recipient"],
+                        "status": Status.MESSAGE_STATUS_ACCEPTED,
+                        "event_time": now,
+                        "reason": "",
+                    }
+                ],
+            )
+            if charge.free_entry_pending:
+                # This reply opens the 72-hour free-entry window at consent.
+                payload = {
+                    "message_id": message_id,
+                    "business_id": out.sender.id,
+                    "person_id": out.recipient.id,
+                }
+                await store.add_outbox(conn, [store.outbox_row("BUSINESS_REPLY", payload, now)])
+
         for _ in range(3):
             try:
-                async with self.db.write() as s:
-                    # First, so that a twin request fails here before doing anything else.
-                    await self.idem.save(s, METHOD, request, response)
-                    conn = await s.connection()
-                    seq = await store.next_seq(conn, message["sender"])
-                    if state is not None:
-                        await limits.count(
-                            conn,
-                            self.limit_settings,
-                            state,
-                            out.sender.id,
-                            out.recipient.id,
-                            charge.window_kind,
-                            arrival,
-                        )
-                    await store.add_message(conn, message, envelopes)
-                    now = self.clock.now()
-                    await store.add_events(
-                        conn,
-                        [
-                            {
-                                "sender": message["sender"],
-                                "seq": seq,
-                                "message_id": message_id,
-                                "recipient": message["recipient"],
-                                "status": Status.MESSAGE_STATUS_ACCEPTED,
-                                "event_time": now,
-                                "reason": "",
-                            }
-                        ],
-                    )
-                    if charge.free_entry_pending:
-                        # This reply opens the 72-hour free-entry window at consent.
-                        payload = {
-                            "message_id": message_id,
-                            "business_id": out.sender.id,
-                            "person_id": out.recipient.id,
-                        }
-                        await store.add_outbox(
-                            conn, [store.outbox_row("BUSINESS_REPLY", payload, now)]
-                        )
+                # Group commit: concurrent sends share a transaction, each in its own savepoint.
+                await self.db.write_batched(write)
                 return response, False
             except IntegrityError:
                 # A concurrent call with the same request_id won: answer with its result

@@ -140,6 +140,17 @@ class Connection:
         sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
         await _retry_busy(lambda: self._conn.execute(sql))
 
+    # Group commit's per-work savepoints (storage.write_batched), straight on the driver.
+    def savepoint(self) -> None:
+        self._conn.execute("SAVEPOINT work")
+
+    def release_savepoint(self) -> None:
+        self._conn.execute("RELEASE work")
+
+    def rollback_to_savepoint(self) -> None:
+        self._conn.execute("ROLLBACK TO work")
+        self._conn.execute("RELEASE work")
+
     async def commit(self) -> None:
         await _retry_busy(self._conn.commit)
 

@@ -214,3 +214,109 @@ def test_sqlite_checkpoint_folds_the_wal_into_the_database(tmp_path) -> None:  #
     grown, after = run(go())
     assert grown > 0
     assert after <= grown
+
+
+def test_write_batched_commits_together_and_fails_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Group commit: concurrent works share transactions on SQLite, each in a savepoint, so a
+    work that raises (a domain refusal after writing, a unique-key clash) is rolled back alone
+    and only its caller sees the error. (On PostgreSQL write_batched is write(): one
+    transaction per work, covered by the services' tests.)"""
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'batch.db'}"
+    from sqlalchemy import event
+    from sqlalchemy.exc import IntegrityError
+
+    async def go() -> tuple[list[object], int, int, set[int]]:
+        db = Database(database_url)
+        await _setup(db)
+        commits = 0
+
+        def on_commit(_conn: object) -> None:
+            nonlocal commits
+            commits += 1
+
+        event.listen(db.engine.sync_engine, "commit", on_commit)
+
+        async def work(i: int, s) -> int:  # type: ignore[no-untyped-def]
+            await s.execute(COUNTER.update().values(value=COUNTER.c.value + 1))
+            if i % 10 == 3:
+                await s.execute(COUNTER.insert().values(id=1000 + i, value=i))
+                raise InvalidArgument([("i", "refused after writing")])
+            # i % 10 == 7 clashes with row 1's primary key
+            await s.execute(COUNTER.insert().values(id=1 if i % 10 == 7 else 2000 + i, value=i))
+            return i * 2
+
+        outcomes = await asyncio.gather(
+            *(db.write_batched(lambda s, i=i: work(i, s)) for i in range(50)),
+            return_exceptions=True,
+        )
+        committed = commits
+        async with db.read() as s:
+            value = int(
+                (await s.execute(select(COUNTER.c.value).where(COUNTER.c.id == 1))).scalar_one()
+            )
+            ids = set((await s.execute(select(COUNTER.c.id))).scalars())
+        await db.dispose()
+        return outcomes, value, committed, ids
+
+    outcomes, value, commits, ids = run(go())
+    for i, got in enumerate(outcomes):
+        if i % 10 == 3:
+            assert isinstance(got, InvalidArgument)
+        elif i % 10 == 7:
+            assert isinstance(got, IntegrityError)
+        else:
+            assert got == i * 2
+    ok = [i for i in range(50) if i % 10 not in (3, 7)]
+    assert value == len(ok)  # the failed works' updates were rolled back with them
+    assert ids == {1} | {2000 + i for i in ok}
+    assert commits < len(ok) / 2  # shared transactions
+
+
+def test_write_batched_skips_a_caller_that_went_away(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async def go() -> int:
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'gone.db'}")
+        await _setup(db)
+
+        async def bump(s) -> None:  # type: ignore[no-untyped-def]
+            await s.execute(COUNTER.update().values(value=COUNTER.c.value + 1))
+
+        async with db.write():  # hold the lock so the batch waits
+            gone = asyncio.ensure_future(db.write_batched(bump))
+            stays = asyncio.ensure_future(db.write_batched(bump))
+            await asyncio.sleep(0.01)
+            gone.cancel()
+        await stays
+        async with db.read() as s:
+            value = int((await s.execute(select(COUNTER.c.value))).scalar_one())
+        await db.dispose()
+        return value
+
+    assert run(go()) == 1
+
+
+def test_write_batched_runs_each_work_in_its_callers_context(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The principal (and any other context variable) a work sees is its own caller's, even
+    though the works of a batch run one after the other in the batcher."""
+    from bizmsg.kit.auth import current_principal
+
+    async def go() -> list[tuple[str, str]]:
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'ctx.db'}")
+        await _setup(db)
+
+        async def call(name: str) -> tuple[str, str]:
+            set_current_principal(Principal.parse(f"business:{name}"))
+
+            async def work(_s) -> str:  # type: ignore[no-untyped-def]
+                return str(current_principal())
+
+            return name, await db.write_batched(work)
+
+        async with db.write():  # hold the lock so all of them land in one batch
+            calls = [asyncio.ensure_future(call(f"b{i}")) for i in range(5)]
+            await asyncio.sleep(0.01)
+        got = await asyncio.gather(*calls)
+        await db.dispose()
+        return got
+
+    for name, seen in run(go()):
+        assert seen == f"business:{name}"
