@@ -1,19 +1,21 @@
 """ServeAd benchmark: p50/p99 latency and throughput with 10 and with 10,000 active campaigns.
 
-    python -m ads_svc.bench [--seconds 10] [--concurrency 16] [--sizes 10,10000]
+    python -m ads_svc.bench [--seconds 10] [--concurrency 16] [--sizes 10,10000] [--json FILE]
 
 Consent, billing and ads run in-process (each on its own event loop and thread) on SQLite
-files in a temporary directory, or on PostgreSQL with --postgres URL (a server URL whose
-databases this creates). Campaigns are seeded in bulk with SQL. Each ServeAd is the whole
-path: the replay check and the candidate query (one read transaction), the auction, the
-budget reservation with the impression and the stored response (one write transaction),
-and billing's ChargeAdEvent for the impression's price. A third of the campaigns bid CPC,
-a little under the CPM ones, so CPM wins and every fill is charged (a CPC impression would
-be free, charged only at the click). No seeded campaign targets interests, so ServeAd does
-not ask consent for the person's preference (it asks only when some candidate needs it).
-"charged" counts the served ads that went through billing. Requests ask for country DE,
-language de; the 10,000 campaigns are spread over 50 countries, so a request matches about
-200 of them through the campaign_targets index (never the whole table).
+files in a temporary directory, or on PostgreSQL with --postgres URL (a server URL where
+this creates its databases, dropped after each size). Campaigns are seeded in bulk with SQL.
+Each ServeAd is the whole path: the replay check and the candidate query (one read
+transaction), the auction, the budget reservation with the impression and the stored
+response (one write transaction), and billing's ChargeAdEvent for the impression's price. A
+third of the campaigns bid CPC, a little under the CPM ones, so CPM wins and every fill is
+charged (a CPC impression would be free, charged only at the click). No seeded campaign
+targets interests, so ServeAd does not ask consent for the person's preference (it asks only
+when some candidate needs it). "charged" counts the served ads that went through billing.
+Requests ask for country DE, language de; the 10,000 campaigns are spread over 50 countries,
+so a request matches about 200 of them through the campaign_targets index (never the whole
+table). Each size prints one JSON line; --json also writes them all to a file
+(`bizmsg bench --scale` reads it).
 """
 
 from __future__ import annotations
@@ -175,34 +177,42 @@ async def load(target: str, seconds: float, concurrency: int) -> tuple[list[floa
 
 def run_one(size: int, seconds: float, concurrency: int, postgres: str | None) -> dict[str, Any]:
     consent_def, billing_def = _definitions()
+    created: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         urls = {}
         for name in ("consent", "billing", "ads"):
             if postgres:
                 dbname = f"bizmsg_bench_{name}_{uuid.uuid4().hex[:8]}"
                 asyncio.run(_pg_admin(postgres, f'CREATE DATABASE "{dbname}"'))
+                created.append(dbname)
                 urls[name] = (
                     postgres.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
                     + f"/{dbname}"
                 )
             else:
                 urls[name] = f"sqlite+aiosqlite:///{Path(tmp) / (name + '.db')}"
-        with (
-            ServiceThread(consent_def, database_url=urls["consent"]) as consent,
-            ServiceThread(billing_def, database_url=urls["billing"]) as billing,
-        ):
-            deps = {"consent": consent.target, "billing": billing.target}
-            with ServiceThread(ADS, database_url=urls["ads"], dependency_targets=deps) as ads:
-                account = make_wallet(billing.target)
-                t0 = time.perf_counter()
-                asyncio.run(seed(urls["ads"], size, account))
-                seeded = time.perf_counter() - t0
-                asyncio.run(load(ads.target, 1.0, concurrency))  # warm-up
-                t0 = time.perf_counter()
-                lat, fills, charged = asyncio.run(load(ads.target, seconds, concurrency))
-                elapsed = time.perf_counter() - t0
+        try:
+            with (
+                ServiceThread(consent_def, database_url=urls["consent"]) as consent,
+                ServiceThread(billing_def, database_url=urls["billing"]) as billing,
+            ):
+                deps = {"consent": consent.target, "billing": billing.target}
+                with ServiceThread(ADS, database_url=urls["ads"], dependency_targets=deps) as ads:
+                    account = make_wallet(billing.target)
+                    t0 = time.perf_counter()
+                    asyncio.run(seed(urls["ads"], size, account))
+                    seeded = time.perf_counter() - t0
+                    asyncio.run(load(ads.target, 1.0, concurrency))  # warm-up
+                    t0 = time.perf_counter()
+                    lat, fills, charged = asyncio.run(load(ads.target, seconds, concurrency))
+                    elapsed = time.perf_counter() - t0
+        finally:
+            for dbname in created:
+                assert postgres is not None
+                asyncio.run(_pg_admin(postgres, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
     q = statistics.quantiles(lat, n=100)
     return {
+        "size": size,
         "campaigns": size,
         "backend": "postgresql" if postgres else "sqlite",
         "seed_seconds": round(seeded, 2),
@@ -231,9 +241,21 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--sizes", default="10,10000")
     parser.add_argument("--postgres", default=None, help="e.g. postgresql://postgres@127.0.0.1/x")
+    parser.add_argument("--json", type=Path, help="write every size's figures to this file")
     ns = parser.parse_args()
+    results = []
     for size in (int(s) for s in ns.sizes.split(",")):
-        print(json.dumps(run_one(size, ns.seconds, ns.concurrency, ns.postgres)), flush=True)
+        results.append(run_one(size, ns.seconds, ns.concurrency, ns.postgres))
+        print(json.dumps(results[-1]), flush=True)
+    if ns.json:
+        backend = "postgresql" if ns.postgres else "sqlite"
+        figures = {
+            "bench": "ads",
+            "backend": backend,
+            "concurrency": ns.concurrency,
+            "results": results,
+        }
+        ns.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,20 +1,23 @@
 """Benchmark: AuthorizeCharge + CaptureCharge against an empty ledger and a 1,000,000-transfer one.
 
     python -m billing_svc.bench [--backend sqlite|postgresql] [--pairs 2000] [--concurrency 16]
-                                [--businesses 16] [--revenue-shards 1]
+                                [--businesses 16] [--revenue-shards 1] [--transfers 1000000]
+                                [--json FILE]
 
 Each run starts billing as a real process on a fresh database, measures pairs (authorize,
 then capture, sequentially per worker) from `concurrency` concurrent workers over one
 channel, and prints throughput and p50/p99 latency of a pair. The large ledger is seeded in
 bulk with INSERT ... SELECT over a generated series (500,000 captured messages = 1,000,000
 transfers, their authorizations and idempotency keys, plus the top-ups that paid for them),
-with balances that match, so all balances still sum to zero.
+with balances that match, so all balances still sum to zero. --transfers sets that count
+(smaller for a quick check); --json writes the figures (`bizmsg bench --scale` reads them).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sqlite3
 import statistics
 import tempfile
@@ -23,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -38,7 +42,7 @@ from bizmsg.kit.storage import Database, UTCDateTime
 
 PRICE = 1_000
 SEED_WALLETS = 1_000
-SEED_MESSAGES = 500_000  # two transfers each: pending + post_pending
+SEED_TRANSFERS = 1_000_000  # two per captured message: pending + post_pending
 SEED_TIME = datetime(2025, 6, 1, tzinfo=UTC)
 _tokens = TokenAuthority(DEV_TOKEN_SECRET.encode())
 _ACCOUNT_COLUMNS = (
@@ -64,6 +68,26 @@ class Result:
 
     def pct(self, q: float) -> float:
         return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1] * 1000
+
+    def figures(self, seeded: int, transfers_after: int) -> dict[str, Any]:
+        return {
+            "ledger": self.label,
+            "size": seeded,
+            "transfers_after": transfers_after,
+            "pairs": self.pairs,
+            "seconds": round(self.seconds, 3),
+            "throughput_rps": round(self.throughput, 1),
+            "p50_ms": round(self.pct(50), 3),
+            "p99_ms": round(self.pct(99), 3),
+        }
+
+
+def seed_shape(transfers: int) -> tuple[int, int]:
+    """(wallets, messages) for about `transfers` message transfers: every wallet pays for the
+    same number of messages, so the seeded balances are whole."""
+    messages = transfers // 2
+    wallets = max(1, min(SEED_WALLETS, messages))
+    return wallets, messages - messages % wallets
 
 
 async def _setup(stub: billing_pb2_grpc.BillingServiceStub, businesses: int) -> None:
@@ -162,23 +186,25 @@ def _series(dialect: str, n: int) -> str:
     return f"WITH RECURSIVE s(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM s WHERE n < {n - 1})"
 
 
-async def seed(url: str) -> None:
-    """Bulk-load SEED_MESSAGES captured messages into a migrated, otherwise empty database."""
+async def seed(url: str, transfers: int = SEED_TRANSFERS) -> None:
+    """Bulk-load the captured messages of `transfers` transfers (see seed_shape) into a
+    migrated, otherwise empty database."""
     db = Database(url)
-    per_wallet = SEED_MESSAGES // SEED_WALLETS
+    wallets, messages = seed_shape(transfers)
+    per_wallet = messages // wallets
     t = bindparam("t", type_=UTCDateTime)
     exp = bindparam("exp", type_=UTCDateTime)
     blob = bindparam("blob", type_=LargeBinary)
-    w = _series(db.dialect, SEED_WALLETS)
-    m = _series(db.dialect, SEED_MESSAGES)
-    msg_wallet = f"'seed-w-' || (n % {SEED_WALLETS})"
+    w = _series(db.dialect, wallets)
+    m = _series(db.dialect, messages)
+    msg_wallet = f"'seed-w-' || (n % {wallets})"
     statements = [
         # The platform accounts first, as the service would make them.
         f"INSERT INTO accounts {_ACCOUNT_COLUMNS} VALUES ('seed-revenue', 'platform', 3, 'EUR', 0, "
-        f"{SEED_MESSAGES * PRICE}, 0, 0, 0, :t)",
+        f"{messages * PRICE}, 0, 0, 0, :t)",
         f"INSERT INTO accounts {_ACCOUNT_COLUMNS} VALUES ('seed-settlement', 'platform', 4, 'EUR', "
         f"{2**63 - 1}, "
-        f"0, {SEED_MESSAGES * PRICE}, 0, 0, :t)",
+        f"0, {messages * PRICE}, 0, 0, :t)",
         f"{w} INSERT INTO accounts {_ACCOUNT_COLUMNS} SELECT 'seed-w-' || n, "
         f"'business:seed' || n, 1, 'EUR', 0, "
         f"{per_wallet * PRICE}, {per_wallet * PRICE}, 0, 0, :t FROM s",
@@ -189,7 +215,7 @@ async def seed(url: str) -> None:
         f"'EUR', 2, true, false, false, NULL, 1, 'DE', '', 0, 'seed-a-' || n, :t FROM s",
         f"{m} INSERT INTO transfers SELECT 'seed-c-' || n, {msg_wallet}, 'seed-revenue', {PRICE}, "
         f"'EUR', 2, false, true, false, 'seed-p-' || n, 1, 'DE', '', 0, 'seed-a-' || n, :t FROM s",
-        f"{m} INSERT INTO authorizations SELECT 'seed-a-' || n, 'seed' || (n % {SEED_WALLETS}), "
+        f"{m} INSERT INTO authorizations SELECT 'seed-a-' || n, 'seed' || (n % {wallets}), "
         f"{msg_wallet}, 'seed-p-' || n, 'seed-c-' || n, 1, 'DE', 1, 1, {PRICE}, 'EUR', 1, 2, 0, "
         f":exp, :t, :t FROM s",
         f"{m} INSERT INTO idempotency_keys SELECT 'service:delivery', 'AuthorizeCharge', "
@@ -243,7 +269,7 @@ def _run(
             # Migrated by the first start; seed with the service stopped, then serve again.
             proc.terminate()
             t0 = time.perf_counter()
-            asyncio.run(seed(url))
+            asyncio.run(seed(url, args.transfers))
             print(f"seeded {label} in {time.perf_counter() - t0:.1f}s", flush=True)
             proc.start().wait_serving()
 
@@ -273,16 +299,8 @@ async def _pg(admin_url: str, sql: str) -> None:
         await conn.close()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
-    ap.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    ap.add_argument("--pairs", type=int, default=2000)
-    ap.add_argument("--concurrency", type=int, default=16)
-    # Messages come from many businesses; one wallet row would serialise every charge.
-    ap.add_argument("--businesses", type=int, default=16)
-    ap.add_argument("--revenue-shards", type=int, default=1)
-    args = ap.parse_args()
+def measure(args: argparse.Namespace) -> list[tuple[Result, int]]:
+    """The empty ledger, then the seeded one: (result, transfers after the run) for each."""
     pairs = args.pairs - args.pairs % args.concurrency
     with tempfile.TemporaryDirectory(prefix="billing-bench-") as tmp:
         work = Path(tmp)
@@ -296,10 +314,10 @@ def main() -> None:
                 base = args.pg_admin_url.rsplit("/", 1)[0]
                 urls[label] = f"{base.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
         try:
-            results = []
-            for label in ("empty", "large"):
-                r, transfers = _run(label, urls[label], work, args, pairs, label == "large")
-                results.append((r, transfers))
+            return [
+                _run(label, urls[label], work, args, pairs, label == "large")
+                for label in ("empty", "large")
+            ]
         finally:
             if args.backend == "postgresql":
                 for url in urls.values():
@@ -307,6 +325,43 @@ def main() -> None:
                     asyncio.run(
                         _pg(args.pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                     )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--pairs", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    # Messages come from many businesses; one wallet row would serialise every charge.
+    ap.add_argument("--businesses", type=int, default=16)
+    ap.add_argument("--revenue-shards", type=int, default=1)
+    ap.add_argument(
+        "--transfers",
+        type=int,
+        default=SEED_TRANSFERS,
+        help="message transfers in the large ledger",
+    )
+    ap.add_argument("--json", type=Path, help="write the figures to this file")
+    args = ap.parse_args()
+    if args.transfers < 2:
+        ap.error("--transfers: at least 2 (one captured message)")
+    results = measure(args)
+    wallets, messages = seed_shape(args.transfers)
+    seeded = {"empty": 0, "large": 2 * messages}
+    if args.json:
+        figures = {
+            "bench": "billing",
+            "backend": args.backend,
+            "concurrency": args.concurrency,
+            "businesses": args.businesses,
+            "revenue_shards": args.revenue_shards,
+            # The large ledger also holds the top-ups that paid for its messages.
+            "seeded_top_ups": wallets,
+            "results": [r.figures(seeded[r.label], after) for r, after in results],
+        }
+        args.json.write_text(json.dumps(figures, indent=2))
+    pairs = results[0][0].pairs
     print(
         f"\nbackend={args.backend} pairs={pairs} concurrency={args.concurrency} "
         f"businesses={args.businesses} revenue_shards={args.revenue_shards}"

@@ -2,15 +2,18 @@
 records, seeded in bulk with SQL, against the service served in-process.
 
     python -m consent_svc.bench [--database-url URL] [--seconds 10] [--concurrency 16]
-                                [--sizes 1000,1000000] [--rounds 2]
+                                [--sizes 1000,1000000] [--rounds 2] [--json FILE]
 
 Without --database-url each size gets a fresh SQLite file in a temporary directory; with a
-PostgreSQL URL the table is truncated, reseeded (COPY) and vacuumed for each size.
+PostgreSQL URL (postgresql+asyncpg://..., a database the service may migrate and fill) the
+table is truncated, reseeded (COPY) and vacuumed for each size. --json writes every run's
+figures (`bizmsg bench --scale` reads them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -103,6 +106,18 @@ class Result:
     @property
     def throughput(self) -> float:
         return self.calls / self.seconds
+
+    def figures(self, round_: int) -> dict[str, Any]:
+        return {
+            "round": round_,
+            "size": self.records,
+            "calls": self.calls,
+            "seconds": round(self.seconds, 3),
+            "throughput_rps": round(self.throughput, 1),
+            "p50_ms": round(self.p50_ms, 3),
+            "p99_ms": round(self.p99_ms, 3),
+            "cpu_ms_per_call": round(self.cpu_ms, 4),
+        }
 
 
 def _load(target: str, records: int, seconds: float, concurrency: int) -> Result:
@@ -199,6 +214,27 @@ def _ratios(small: list[Result], large: list[Result]) -> str:
     return f"p50 {p50:.2f}x, p99 {p99:.2f}x, throughput {tput:.2f}x slower, CPU/call {cpu:.2f}x"
 
 
+def measure(
+    sizes: list[int], database_url: str, seconds: float, concurrency: int, rounds: int
+) -> list[tuple[int, Result]]:
+    """Every size once per round, interleaved; returns (round, result) pairs in run order."""
+    results: list[tuple[int, Result]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(1, rounds + 1):
+            for n in sizes:
+                url = database_url or _sqlite_url(tmp, n, round_)
+                r = run(n, url, seconds, concurrency)
+                results.append((round_, r))
+                print(
+                    f"round {round_}: {n:,} records: {r.throughput:.0f} calls/s, "
+                    f"p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, {r.cpu_ms:.2f} CPU ms/call",
+                    flush=True,
+                )
+                if not database_url:
+                    _remove_sqlite(url)  # a 1M-row file is large: keep one at a time
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--database-url", default="")
@@ -207,29 +243,26 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,1000000")
     # On a shared, noisy machine one run per size says little: repeat them, interleaved.
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write every run's figures to this file")
     ns = parser.parse_args()
     sizes = [int(s) for s in ns.sizes.split(",")]
-    results: list[Result] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(ns.rounds):
-            for n in sizes:
-                url = ns.database_url or _sqlite_url(tmp, n, round_)
-                results.append(run(n, url, ns.seconds, ns.concurrency))
-                r = results[-1]
-                print(
-                    f"round {round_ + 1}: {n:,} records: {r.throughput:.0f} calls/s, "
-                    f"p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, {r.cpu_ms:.2f} CPU ms/call",
-                    flush=True,
-                )
-                if not ns.database_url:
-                    _remove_sqlite(url)  # a 1M-row file is large: keep one at a time
+    runs = measure(sizes, ns.database_url, ns.seconds, ns.concurrency, ns.rounds)
+    results = [r for _, r in runs]
+    if ns.json:
+        figures = {
+            "bench": "consent",
+            "backend": "postgresql" if ns.database_url.startswith("postgresql") else "sqlite",
+            "concurrency": ns.concurrency,
+            "results": [r.figures(round_) for round_, r in runs],
+        }
+        ns.json.write_text(json.dumps(figures, indent=2))
     print(
         f"{'round':>5} {'records':>10} {'calls':>8} {'calls/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'cpu ms':>7}"
     )
-    for i, r in enumerate(results):
+    for round_, r in runs:
         print(
-            f"{i // len(sizes) + 1:>5} {r.records:>10,} {r.calls:>8} {r.throughput:>9.0f} "
+            f"{round_:>5} {r.records:>10,} {r.calls:>8} {r.throughput:>9.0f} "
             f"{r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.cpu_ms:>7.2f}"
         )
     print("cpu ms: CPU of the whole process (service and load threads) per call")
