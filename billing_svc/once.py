@@ -29,6 +29,7 @@ from bizmsg.kit.auth import current_principal
 from bizmsg.kit.clock import Clock
 from bizmsg.kit.errors import AlreadyExists, DomainError, Unavailable
 from bizmsg.kit.idempotency import fingerprint
+from bizmsg.kit.prepared import Prepared
 from bizmsg.kit.storage import Database
 
 Resp = TypeVar("Resp", bound=Message)
@@ -55,10 +56,8 @@ class Tx:
 
     async def save(self, response: Message) -> None:
         conn = await self.session.connection()
-        stmt = self._once.claim_stmt(conn.dialect.name)
         params = {**self._key, "response": response.SerializeToString(deterministic=True)}
-        result = await conn.execute(stmt, params)
-        if result.rowcount != 1:
+        if await self._once.claim.execute(conn, params) != 1:
             raise _Replay
         self.saved = True
 
@@ -69,20 +68,19 @@ class Once:
         self.table = table
         self.clock = clock
         t = table
-        self._claims = {
-            "postgresql": postgresql.insert(t).on_conflict_do_nothing(),
-            "sqlite": sqlite.insert(t).on_conflict_do_nothing(),
-        }
-        self._lookup = select(t.c.fingerprint, t.c.response).where(
-            and_(
-                t.c.principal == bindparam("principal"),
-                t.c.method == bindparam("method"),
-                t.c.request_id == bindparam("request_id"),
+        self.claim = Prepared(
+            sqlite.insert(t).on_conflict_do_nothing(),
+            postgresql=postgresql.insert(t).on_conflict_do_nothing(),
+        )
+        self._lookup = Prepared(
+            select(t.c.fingerprint, t.c.response).where(
+                and_(
+                    t.c.principal == bindparam("principal"),
+                    t.c.method == bindparam("method"),
+                    t.c.request_id == bindparam("request_id"),
+                )
             )
         )
-
-    def claim_stmt(self, dialect: str) -> Any:
-        return self._claims[dialect]
 
     async def run(
         self,
@@ -135,7 +133,7 @@ class Once:
         async with self.db.read() as session:
             conn = await session.connection()
             params = {k: key[k] for k in ("principal", "method", "request_id")}
-            row = (await conn.execute(self._lookup, params)).first()
+            row = await self._lookup.first(conn, params)
         if row is None:
             return None
         if row.fingerprint != key["fingerprint"]:

@@ -29,10 +29,12 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing_svc import ledger, store
 from billing_svc.models import AccountRow, RateCardRow
+from bizmsg.kit.prepared import Prepared
 
 _T = cast(Table, AccountRow.__table__)
 _CARDS = cast(Table, RateCardRow.__table__)
@@ -96,10 +98,15 @@ def _build(op: ledger.Op, side: Side, *, guarded: bool, card_check: bool = False
     return update(_T).where(and_(*conds)).values(**_values(op, side))
 
 
-_GUARDED = {(op, side): _build(op, side, guarded=True) for op in ledger.Op for side in Side}
-_PLAIN = {(op, side): _build(op, side, guarded=False) for op in ledger.Op for side in Side}
-_RESERVE = _build(ledger.Op.PENDING, Side.DEBIT, guarded=True, card_check=True)
-_LOCK = (
+# Prepared (bizmsg.kit.prepared): every charge runs these.
+_GUARDED = {
+    (op, side): Prepared(_build(op, side, guarded=True)) for op in ledger.Op for side in Side
+}
+_PLAIN = {
+    (op, side): Prepared(_build(op, side, guarded=False)) for op in ledger.Op for side in Side
+}
+_RESERVE = Prepared(_build(ledger.Op.PENDING, Side.DEBIT, guarded=True, card_check=True))
+_LOCK = Prepared(
     select(_T.c.id, _T.c.currency, _T.c.credit_limit, *(_T.c[n] for n in _COLUMNS))
     .where(_T.c.id == bindparam("account_id"))
     .with_for_update()
@@ -110,8 +117,8 @@ async def try_post(
     conn: AsyncConnection, op: ledger.Op, side: Side, account_id: str, amount: int
 ) -> bool:
     """Apply one side if the ledger allows it; False (nothing changed) when it does not."""
-    result = await conn.execute(_GUARDED[op, side], {"account_id": account_id, "amount": amount})
-    return result.rowcount == 1
+    params = {"account_id": account_id, "amount": amount}
+    return await _GUARDED[op, side].execute(conn, params) == 1
 
 
 async def try_reserve(
@@ -119,26 +126,25 @@ async def try_reserve(
 ) -> bool:
     """Reserve `amount` on a wallet if it can pay and `card_version` is still the newest rate
     card of `currency`; False (nothing changed) otherwise."""
-    result = await conn.execute(
-        _RESERVE,
-        {
-            "account_id": account_id,
-            "amount": amount,
-            "card_currency": currency,
-            "card_version": card_version,
-        },
-    )
-    return result.rowcount == 1
+    params = {
+        "account_id": account_id,
+        "amount": amount,
+        "card_currency": currency,
+        "card_version": card_version,
+    }
+    return await _RESERVE.execute(conn, params) == 1
 
 
 async def post_locked(
     conn: AsyncConnection, op: ledger.Op, side: Side, account_id: str, amount: int
 ) -> None:
     """The slow path: lock the row, check in Python (raising the exact error), apply."""
-    row = (await conn.execute(_LOCK, {"account_id": account_id})).one()
+    row = await _LOCK.first(conn, {"account_id": account_id})
+    if row is None:
+        raise NoResultFound(f"account {account_id}")
     check = ledger.check_debit if side is Side.DEBIT else ledger.check_credit
     check(op, store.balances(row), amount)
-    await conn.execute(_PLAIN[op, side], {"account_id": account_id, "amount": amount})
+    await _PLAIN[op, side].execute(conn, {"account_id": account_id, "amount": amount})
 
 
 async def post(

@@ -28,6 +28,7 @@ from billing_svc.models import (
     TransferRow,
 )
 from bizmsg.kit.ids import new_id
+from bizmsg.kit.prepared import Prepared
 from bizmsg.kit.storage import UTCDateTime
 
 PLATFORM_OWNER = "platform"
@@ -176,16 +177,16 @@ _TRANSFER_DEFAULTS: dict[str, Any] = {
     "reference": "",
 }
 # Core statements built once: the hot path skips the ORM unit of work and statement building.
-_INSERT_TRANSFER = insert(cast(Table, TransferRow.__table__))
-_INSERT_AUTHORIZATION = insert(cast(Table, AuthorizationRow.__table__))
+_INSERT_TRANSFER = Prepared(insert(cast(Table, TransferRow.__table__)))
+_INSERT_AUTHORIZATION = Prepared(insert(cast(Table, AuthorizationRow.__table__)))
 
 
 async def insert_transfer(conn: AsyncConnection, **values: Any) -> None:
-    await conn.execute(_INSERT_TRANSFER, {**_TRANSFER_DEFAULTS, **values})
+    await _INSERT_TRANSFER.execute(conn, {**_TRANSFER_DEFAULTS, **values})
 
 
 async def insert_authorization(conn: AsyncConnection, **values: Any) -> None:
-    await conn.execute(_INSERT_AUTHORIZATION, values)
+    await _INSERT_AUTHORIZATION.execute(conn, values)
 
 
 async def get_authorization(
@@ -232,7 +233,7 @@ def _resolve_stmt(*, expired: bool) -> Any:
     )
 
 
-_RESOLVE = {expired: _resolve_stmt(expired=expired) for expired in (False, True)}
+_RESOLVE = {expired: Prepared(_resolve_stmt(expired=expired)) for expired in (False, True)}
 
 
 async def resolve_open(
@@ -257,7 +258,8 @@ async def resolve_open(
         "transfer_id": transfer_id,
         "now": now,
     }
-    return (await conn.execute(_RESOLVE[expired], params)).first()
+    row: Row[Any] | None = await _RESOLVE[expired].first(conn, params)
+    return row
 
 
 async def expired_authorizations(

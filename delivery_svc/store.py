@@ -9,7 +9,7 @@ after a write, multi-row inserts. Hot queries are served by the indexes declared
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -18,6 +18,7 @@ from sqlalchemy import BindParameter, Row, Table, bindparam, delete, func, liter
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from bizmsg.kit.prepared import Prepared
 from bizmsg.kit.storage import UTCDateTime
 from delivery_svc.models import (
     BusinessLimits,
@@ -92,6 +93,35 @@ _UPSERTS = {
     "sqlite": _build_upserts(sqlite.insert),
     "postgresql": _build_upserts(postgresql.insert),
 }
+
+
+def _bump_two(insert: Any) -> Any:
+    """bump_counters for the two counters of a send, as one statement with fixed parameters."""
+    rows = [
+        {"key": bindparam(f"key{i}"), "window_start": bindparam(f"window{i}"), "count": 1}
+        for i in (0, 1)
+    ]
+    return (
+        insert(RateCounter)
+        .values(rows)
+        .on_conflict_do_update(
+            index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1}
+        )
+        .returning(RateCounter.key, RateCounter.count)
+    )
+
+
+def _prepared(build: Callable[[Any], Any]) -> Prepared:
+    return Prepared(build(sqlite.insert), postgresql=build(postgresql.insert))
+
+
+# What every send runs (see bizmsg.kit.prepared: straight on SQLite's driver).
+_P_NEXT_SEQ = _prepared(lambda insert: _build_upserts(insert).next_seq)
+_P_BUMP_TWO = _prepared(_bump_two)
+_P_START_CONVERSATION = _prepared(lambda insert: _build_upserts(insert).start_conversation)
+_P_INSERT_MESSAGE = Prepared(_INSERT_MESSAGE)
+_P_INSERT_ENVELOPES = Prepared(_INSERT_ENVELOPES)
+_P_INSERT_EVENTS = Prepared(_INSERT_EVENTS)
 
 
 def _upserts(conn: AsyncConnection) -> _Upserts:
@@ -291,6 +321,9 @@ _DEVICES_AND_LIMITS = select(
 ).where(_RECIPIENT)
 
 
+_P_DEVICES_AND_LIMITS = Prepared(_DEVICES_AND_LIMITS)
+
+
 async def recipient_and_limits(
     conn: AsyncConnection,
     owner: str,
@@ -302,20 +335,18 @@ async def recipient_and_limits(
     send from the business to the person, in one statement. No state when the recipient has
     no device (the send is refused for that)."""
     (second_key, second), (pair_key, minute) = counters
-    rows = (
-        await conn.execute(
-            _DEVICES_AND_LIMITS,
-            {
-                "owner": owner,
-                "business_id": business_id,
-                "person_id": person_id,
-                "second_key": second_key,
-                "second": second,
-                "pair_key": pair_key,
-                "minute": minute,
-            },
-        )
-    ).all()
+    rows = await _P_DEVICES_AND_LIMITS.rows(
+        conn,
+        {
+            "owner": owner,
+            "business_id": business_id,
+            "person_id": person_id,
+            "second_key": second_key,
+            "second": second,
+            "pair_key": pair_key,
+            "minute": minute,
+        },
+    )
     devices, country = _located(rows)
     if not rows:
         return devices, country, None
@@ -350,6 +381,10 @@ async def bump_counters(
     conn: AsyncConnection, counters: Sequence[tuple[str, int]]
 ) -> dict[str, int]:
     """Adds one to each (key, window) counter in one statement; returns the new counts."""
+    if len(counters) == 2:  # a send's two counters: the prepared statement
+        (key0, window0), (key1, window1) = counters
+        params = {"key0": key0, "window0": window0, "key1": key1, "window1": window1}
+        return {str(k): int(c) for k, c in await _P_BUMP_TWO.rows(conn, params)}
     rows = [{"key": k, "window_start": w, "count": 1} for k, w in counters]
     result = await conn.execute(_upserts(conn).bump_counters, rows)
     return {str(k): int(c) for k, c in result.all()}
@@ -376,7 +411,7 @@ async def start_conversation(
     """Records that the business starts a conversation with the person now, unless one started
     after `since` already; True when this one is new (it counts toward the tier)."""
     params = {"business_id": business_id, "person_id": person_id, "now": now, "since": since}
-    return (await conn.execute(_upserts(conn).start_conversation, params)).first() is not None
+    return await _P_START_CONVERSATION.first(conn, params) is not None
 
 
 # --- messages and status events --------------------------------------------------------------
@@ -386,7 +421,7 @@ async def next_seq(conn: AsyncConnection, sender: str) -> int:
     """Takes the sender's next status sequence number; the row stays locked (PostgreSQL)
     until the transaction ends, so sequences are gap-free in commit order. Creates the row
     on first use."""
-    return int((await conn.execute(_upserts(conn).next_seq, {"sender": sender})).scalar_one())
+    return int((await _P_NEXT_SEQ.rows(conn, {"sender": sender}))[0][0])
 
 
 _LOCK_SENDERS = (
@@ -418,16 +453,15 @@ async def set_last_seq(conn: AsyncConnection, seqs: Mapping[str, int]) -> None:
 
 async def add_events(conn: AsyncConnection, events: Sequence[Mapping[str, Any]]) -> None:
     """Inserts status events (sender, seq, message_id, recipient, status, event_time, reason)."""
-    if events:
-        await conn.execute(_INSERT_EVENTS, list(events))
+    await _P_INSERT_EVENTS.execute_many(conn, events)
 
 
 async def add_message(
     conn: AsyncConnection, message: Mapping[str, Any], envelopes: Sequence[Mapping[str, Any]]
 ) -> None:
     """Inserts a message row and its envelopes (one multi-row insert)."""
-    await conn.execute(_INSERT_MESSAGE, [message])
-    await conn.execute(_INSERT_ENVELOPES, list(envelopes))
+    await _P_INSERT_MESSAGE.execute(conn, message)
+    await _P_INSERT_ENVELOPES.execute_many(conn, envelopes)
 
 
 async def events_after(

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bizmsg.kit.auth import current_principal
 from bizmsg.kit.clock import Clock
 from bizmsg.kit.errors import AlreadyExists
+from bizmsg.kit.prepared import Prepared
 from bizmsg.kit.storage import Database, UTCDateTime
 
 Resp = TypeVar("Resp", bound=Message)
@@ -69,12 +70,14 @@ class Idempotency:
         self.clock = clock
         # Built once: Core statements with bind parameters stay in SQLAlchemy's compiled cache.
         t = table
-        self._lookup = select(t.c.fingerprint, t.c.response).where(
-            t.c.principal == bindparam("principal"),
-            t.c.method == bindparam("method"),
-            t.c.request_id == bindparam("request_id"),
+        self._lookup = Prepared(
+            select(t.c.fingerprint, t.c.response).where(
+                t.c.principal == bindparam("principal"),
+                t.c.method == bindparam("method"),
+                t.c.request_id == bindparam("request_id"),
+            )
         )
-        self._insert = t.insert()
+        self._insert = Prepared(t.insert())
 
     def _key(self, method: str, request: Message) -> dict[str, str]:
         return {
@@ -88,7 +91,7 @@ class Idempotency:
     ) -> Resp | None:
         """The stored response for this request_id, or None if it was never answered."""
         conn = await session.connection()
-        row = (await conn.execute(self._lookup, self._key(method, request))).first()
+        row = await self._lookup.first(conn, self._key(method, request))
         if row is None:
             return None
         if row.fingerprint != fingerprint(request):
@@ -99,8 +102,8 @@ class Idempotency:
         self, session: AsyncSession, method: str, request: Message, response: Message
     ) -> None:
         conn = await session.connection()
-        await conn.execute(
-            self._insert,
+        await self._insert.execute(
+            conn,
             {
                 **self._key(method, request),
                 "fingerprint": fingerprint(request),

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 # How long a statement keeps retrying while another process holds the write lock.
@@ -111,9 +113,12 @@ class Cursor:
 
 
 class Connection:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         # SQLAlchemy's adapter checks `_connection` before commit and rollback.
         self._connection: sqlite3.Connection | None = conn
+        self.path = path
+        _open.setdefault(path, weakref.WeakSet()).add(self)
+        _set_trace(self)
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -132,6 +137,22 @@ class Connection:
         try:
             await _retry_busy(lambda: cur.execute(sql, parameters))
             return cur.fetchall()
+        finally:
+            cur.close()
+
+    async def execute_count(self, sql: str, parameters: Sequence[Any] = ()) -> int:
+        """Runs a statement returning no rows; how many rows it changed."""
+        cur = self._conn.cursor()
+        try:
+            await _retry_busy(lambda: cur.execute(sql, parameters))
+            return cur.rowcount
+        finally:
+            cur.close()
+
+    async def execute_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
+        cur = self._conn.cursor()
+        try:
+            await _retry_busy(lambda: cur.executemany(sql, rows))
         finally:
             cur.close()
 
@@ -175,6 +196,38 @@ class Connection:
         return self._conn.isolation_level
 
 
+# Instrumentation for tests and benches: every statement SQLite runs on a file, whichever code
+# sent it (SQLAlchemy, bizmsg.kit.prepared, BEGIN/COMMIT).
+_open: dict[str, weakref.WeakSet[Connection]] = {}
+_tracers: dict[str, list[Callable[[str], None]]] = {}
+
+
+def _set_trace(conn: Connection) -> None:
+    if conn._connection is None:
+        return
+    tracers = _tracers.get(conn.path)
+    if not tracers:
+        conn._connection.set_trace_callback(None)
+        return
+    listening = list(tracers)
+    conn._connection.set_trace_callback(lambda sql: [t(sql) for t in listening])
+
+
+@contextmanager
+def traced(path: str, callback: Callable[[str], None]) -> Iterator[None]:
+    """Calls `callback` with every statement run on any connection to the file at `path`, open
+    now or opened before the block ends."""
+    _tracers.setdefault(path, []).append(callback)
+    try:
+        for conn in list(_open.get(path, ())):
+            _set_trace(conn)
+        yield
+    finally:
+        _tracers[path].remove(callback)
+        for conn in list(_open.get(path, ())):
+            _set_trace(conn)
+
+
 def connector(path: str) -> Callable[[], Any]:
     """An `async_creator` for create_async_engine: a connection to the file at `path`.
 
@@ -184,6 +237,6 @@ def connector(path: str) -> Callable[[], Any]:
 
     async def connect() -> Connection:
         conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
-        return Connection(conn)
+        return Connection(conn, path)
 
     return connect

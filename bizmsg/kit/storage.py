@@ -87,10 +87,10 @@ class Database:
         self.url = url
         if url.startswith("sqlite"):
             self.dialect = "sqlite"
-            self._path = make_url(url).database or ""
+            self.path = make_url(url).database or ""
             self.engine = create_async_engine(
                 url,
-                async_creator=sqlite_inline.connector(self._path),
+                async_creator=sqlite_inline.connector(self.path),
                 poolclass=pool.AsyncAdaptedQueuePool,
                 pool_size=pool_size,
                 max_overflow=0,
@@ -98,6 +98,7 @@ class Database:
             _sqlite_setup(self.engine)
         else:
             self.dialect = "postgresql"
+            self.path = ""
             # No pre-ping: it costs three round trips per checkout. Connections are recycled
             # instead, and one that died under us surfaces as UNAVAILABLE (see interceptors).
             self.engine = create_async_engine(
@@ -227,7 +228,7 @@ class Database:
         writers), in a worker thread with its own connection, so the loop is not held up by
         the fsync. Does nothing on PostgreSQL."""
         if self.dialect == "sqlite":
-            await asyncio.to_thread(_checkpoint, self._path)
+            await asyncio.to_thread(_checkpoint, self.path)
 
     async def migrate(self, script_location: str) -> None:
         """Bring the schema to the newest revision of the service's Alembic scripts."""

@@ -16,7 +16,9 @@ from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
+from sqlalchemy import event
 
+from bizmsg.kit import sqlite_inline
 from bizmsg.kit.auth import TokenAuthority
 from bizmsg.kit.clock import Clock
 from bizmsg.kit.config import DEV_TOKEN_SECRET, Settings
@@ -29,9 +31,41 @@ from bizmsg.kit.processes import (  # re-exported for tests
     wait_serving,
 )
 from bizmsg.kit.server import RunningService, ServiceDefinition, start
+from bizmsg.kit.storage import Database
 
 TEST_SECRET = DEV_TOKEN_SECRET
 _tokens = TokenAuthority(TEST_SECRET.encode())
+
+
+_TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+@contextmanager
+def sql_statements(db: Database) -> Iterator[list[str]]:
+    """The SQL statements a service's database sees while the block runs, transaction control
+    (BEGIN, COMMIT, savepoints) left out: on SQLite every statement the driver runs, whether
+    SQLAlchemy or bizmsg.kit.prepared sent it; on PostgreSQL what SQLAlchemy sends (prepared
+    statements go through it there)."""
+    seen: list[str] = []
+
+    def add(sql: str) -> None:
+        if not sql.lstrip().upper().startswith(_TRANSACTION_CONTROL):
+            seen.append(" ".join(sql.split()))
+
+    if db.dialect == "sqlite":
+        with sqlite_inline.traced(db.path, add):
+            yield seen
+        return
+
+    def on_execute(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        add(statement)
+
+    engine = db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", on_execute)
 
 
 def token_for(principal: str) -> str:

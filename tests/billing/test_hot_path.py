@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from typing import Any, cast
 
 import grpc
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Table, event, select, update
+from sqlalchemy import Table, select, update
 
 from billing_svc import cardcache, ledger, postings
 from billing_svc.app import DEFINITION
@@ -30,7 +29,7 @@ from bizmsg.billing.v1 import billing_pb2 as pb
 from bizmsg.kit.clock import ManualClock
 from bizmsg.kit.errors import DomainError
 from bizmsg.kit.storage import Database
-from bizmsg.kit.testing import ServiceThread
+from bizmsg.kit.testing import ServiceThread, sql_statements
 from tests.billing.support import (
     ADMIN,
     CS_WINDOW,
@@ -64,22 +63,9 @@ def quiet_billing(
         service.stop()
 
 
-@contextmanager
-def statements(b: Billing) -> Iterator[list[str]]:
-    """The SQL statements the service sends (BEGIN left out: SQLite sends it as a statement,
-    asyncpg as a protocol message; COMMIT is a driver call on both)."""
-    seen: list[str] = []
-    engine = b.service.runtime.db.engine.sync_engine
-
-    def on_execute(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-        if not statement.lstrip().upper().startswith("BEGIN"):
-            seen.append(re.sub(r"\s+", " ", statement.strip()))
-
-    event.listen(engine, "before_cursor_execute", on_execute)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", on_execute)
+def statements(b: Billing) -> AbstractContextManager[list[str]]:
+    """The SQL statements the service sends, transaction control left out."""
+    return sql_statements(b.service.runtime.db)
 
 
 def counted(b: Billing, call: Callable[[], Any]) -> tuple[Any, list[str]]:

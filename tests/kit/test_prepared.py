@@ -1,0 +1,70 @@
+"""Prepared statements give what SQLAlchemy gives, on SQLite (the driver path) and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, bindparam, select, update
+from sqlalchemy.exc import IntegrityError
+
+from bizmsg.kit.prepared import Prepared
+from bizmsg.kit.storage import Database, UTCDateTime
+
+metadata = MetaData()
+ITEMS = Table(
+    "prepared_items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(40), nullable=False),
+    Column("flag", Boolean, nullable=False, default=False),
+    Column("note", String(40), nullable=False, default="none"),
+    Column("at", UTCDateTime, nullable=True),
+)
+INSERT = Prepared(ITEMS.insert())
+BY_ID = Prepared(select(ITEMS).where(ITEMS.c.id == bindparam("id")))
+RENAME = Prepared(
+    update(ITEMS).where(ITEMS.c.name == bindparam("old")).values(name=bindparam("new"))
+)
+BUMP = Prepared(
+    update(ITEMS)
+    .where(ITEMS.c.id == bindparam("id"))
+    .values(id=ITEMS.c.id + 100)
+    .returning(ITEMS.c.id, ITEMS.c.at)
+)
+
+
+def test_prepared_matches_sqlalchemy(database_url: str) -> None:
+    at = datetime(2026, 5, 1, 14, 30, 15, 123456, tzinfo=timezone(timedelta(hours=2)))
+
+    async def go() -> None:
+        db = Database(database_url)
+        async with db.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        try:
+            async with db.write() as s:
+                conn = await s.connection()
+                await INSERT.execute(conn, {"id": 1, "name": "a", "at": at})
+                # Columns left out take their defaults; rows of the same keys in one call.
+                await INSERT.execute_many(conn, [{"id": 2, "name": "b"}, {"id": 3, "name": "b"}])
+                assert await RENAME.execute(conn, {"old": "b", "new": "c"}) == 2
+                with pytest.raises(IntegrityError):  # the same type as through SQLAlchemy
+                    async with s.begin_nested():
+                        await INSERT.execute(await s.connection(), {"id": 1, "name": "dup"})
+            async with db.read() as s:
+                conn = await s.connection()
+                mine = await BY_ID.first(conn, {"id": 1})
+                theirs = (await conn.execute(select(ITEMS).where(ITEMS.c.id == 1))).one()
+                assert tuple(mine) == tuple(theirs)
+                assert mine.at == at and mine.at.tzinfo is not None and mine.flag is False
+                two = await BY_ID.first(conn, {"id": 2})
+                assert (two.name, two.flag, two.note, two.at) == ("c", False, "none", None)
+                assert await BY_ID.first(conn, {"id": 99}) is None
+            async with db.write() as s:
+                rows = await BUMP.rows(await s.connection(), {"id": 1})
+                assert [(r.id, r.at) for r in rows] == [(101, at.astimezone(UTC))]
+        finally:
+            await db.dispose()
+
+    asyncio.run(go())
