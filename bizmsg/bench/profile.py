@@ -32,9 +32,28 @@ if _out:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
 
+        def _add(statement):
+            _counts[re.sub(r"\s+", " ", statement.strip())[:120]] += 1
+
+        # SQLite: every statement its driver runs (bizmsg.kit.prepared skips SQLAlchemy);
+        # PostgreSQL: what SQLAlchemy sends.
         @event.listens_for(Engine, "before_cursor_execute")
         def _count(conn, cursor, statement, parameters, context, executemany):
-            _counts[re.sub(r"\s+", " ", statement.strip())[:120]] += 1
+            if conn.dialect.name != "sqlite":
+                _add(statement)
+
+        from bizmsg.kit import sqlite_inline
+
+        _control = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK")
+        # SQLite traces statements with their values: put the placeholders back.
+        _literal = re.compile(r"[Xx]?'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|\bNULL\b")
+
+        def _count_sqlite(statement):
+            if not statement.lstrip().upper().startswith(_control):
+                _add(_literal.sub("?", statement))
+
+        _tracing = sqlite_inline.traced(sqlite_inline.ANY_FILE, _count_sqlite)  # kept: the
+        _tracing.__enter__()  # block stays open for the life of the process
     except Exception as e:  # the service must start even if counting cannot
         print("bizmsg bench sql counter off:", e, file=sys.stderr)
 

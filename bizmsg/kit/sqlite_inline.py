@@ -202,10 +202,13 @@ _open: dict[str, weakref.WeakSet[Connection]] = {}
 _tracers: dict[str, list[Callable[[str], None]]] = {}
 
 
+ANY_FILE = "*"  # traced(ANY_FILE, ...): every file
+
+
 def _set_trace(conn: Connection) -> None:
     if conn._connection is None:
         return
-    tracers = _tracers.get(conn.path)
+    tracers = _tracers.get(conn.path, []) + _tracers.get(ANY_FILE, [])
     if not tracers:
         conn._connection.set_trace_callback(None)
         return
@@ -215,17 +218,22 @@ def _set_trace(conn: Connection) -> None:
 
 @contextmanager
 def traced(path: str, callback: Callable[[str], None]) -> Iterator[None]:
-    """Calls `callback` with every statement run on any connection to the file at `path`, open
-    now or opened before the block ends."""
+    """Calls `callback` with every statement run on any connection to the file at `path` (or
+    to any file, with ANY_FILE), open now or opened before the block ends."""
     _tracers.setdefault(path, []).append(callback)
     try:
-        for conn in list(_open.get(path, ())):
-            _set_trace(conn)
+        _retrace(path)
         yield
     finally:
         _tracers[path].remove(callback)
-        for conn in list(_open.get(path, ())):
-            _set_trace(conn)
+        _retrace(path)
+
+
+def _retrace(path: str) -> None:
+    for p, conns in list(_open.items()):
+        if path in (p, ANY_FILE):
+            for conn in list(conns):
+                _set_trace(conn)
 
 
 def connector(path: str) -> Callable[[], Any]:
