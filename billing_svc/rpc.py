@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -16,6 +16,7 @@ from billing_svc.once import Once, Tx
 from bizmsg.billing.v1 import billing_pb2 as pb
 from bizmsg.billing.v1 import billing_pb2_grpc
 from bizmsg.common.v1 import common_pb2
+from bizmsg.kit import multiplex
 from bizmsg.kit.auth import Principal, current_principal
 from bizmsg.kit.clock import Clock
 from bizmsg.kit.errors import PermissionDenied
@@ -312,6 +313,18 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             return response
 
         return await self.once.run("AuthorizeCharge", request, pb.AuthorizeChargeResponse, work)
+
+    def AuthorizeChargeStream(
+        self, request_iterator: AsyncIterator[pb.AuthorizeChargeStreamRequest], context: Any
+    ) -> AsyncIterator[pb.AuthorizeChargeStreamResponse]:
+        # Each item is an AuthorizeCharge, run by the method above (delivery's hot path).
+        return multiplex.serve(
+            request_iterator,
+            context,
+            "AuthorizeCharge",
+            self.AuthorizeCharge,
+            pb.AuthorizeChargeStreamResponse,
+        )
 
     async def CaptureCharge(self, request: pb.CaptureChargeRequest, context: Any) -> Any:
         _only_service("delivery", "capture message charges")

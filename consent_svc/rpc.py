@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from bizmsg.consent.v1 import consent_pb2 as pb
 from bizmsg.consent.v1 import consent_pb2_grpc
+from bizmsg.kit import multiplex
 from bizmsg.kit.idempotency import Idempotency
 from bizmsg.kit.validation import PageToken, Validator, page_size
 from consent_svc import access, person_data, validation
@@ -91,6 +93,18 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             consent_id=d.consent_id,
             consent_version=d.consent_version,
             free_entry_pending=d.window.free_entry_pending,
+        )
+
+    def CheckConsentStream(
+        self, request_iterator: AsyncIterator[pb.CheckConsentStreamRequest], context: Any
+    ) -> AsyncIterator[pb.CheckConsentStreamResponse]:
+        # Each item is a CheckConsent, run by the method above (delivery's hot path).
+        return multiplex.serve(
+            request_iterator,
+            context,
+            "CheckConsent",
+            self.CheckConsent,
+            pb.CheckConsentStreamResponse,
         )
 
     async def RecordUserMessage(self, request: pb.RecordUserMessageRequest, context: Any) -> Any:

@@ -4,6 +4,10 @@ A dependency that cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED, an internal
 becomes our UNAVAILABLE with reason CONSENT_UNAVAILABLE / BILLING_UNAVAILABLE; billing's
 RESOURCE_EXHAUSTED is the business's wallet (INSUFFICIENT_FUNDS); other refusals keep the
 dependency's reason in the ErrorInfo metadata.
+
+CheckConsent and AuthorizeCharge, made for every message, go as items on one long-lived stream
+per dependency (CheckConsentStream, AuthorizeChargeStream; kit/multiplex.py), which fail with the
+same grpc errors as the unary calls; BIZMSG_INTERNAL_STREAMS=0 makes them unary calls again.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from bizmsg.kit.errors import (
     error_info,
     status_details,
 )
+from bizmsg.kit.multiplex import StreamClient
 from bizmsg.kit.server import Runtime
 from bizmsg.kit.timeutil import to_duration
 
@@ -83,6 +88,38 @@ class Dependencies:
     def __init__(self, runtime: Runtime) -> None:
         self.consent = consent_pb2_grpc.ConsentServiceStub(runtime.channel("consent"))
         self.billing = billing_pb2_grpc.BillingServiceStub(runtime.channel("billing"))
+        self._checks: (
+            StreamClient[consent_pb2.CheckConsentRequest, consent_pb2.CheckConsentResponse] | None
+        ) = None
+        self._authorizations: (
+            StreamClient[billing_pb2.AuthorizeChargeRequest, billing_pb2.AuthorizeChargeResponse]
+            | None
+        ) = None
+        if runtime.settings.internal_streams:
+            authorization, timeout = runtime.channels.authorization, runtime.settings.call_timeout
+            self._checks = StreamClient(
+                "consent",
+                self.consent.CheckConsentStream,
+                consent_pb2.CheckConsentStreamRequest,
+                authorization=authorization,
+                call_timeout=timeout,
+                unary=self.consent.CheckConsent,
+            )
+            self._authorizations = StreamClient(
+                "billing",
+                self.billing.AuthorizeChargeStream,
+                billing_pb2.AuthorizeChargeStreamRequest,
+                authorization=authorization,
+                call_timeout=timeout,
+                unary=self.billing.AuthorizeCharge,
+            )
+            runtime.on_shutdown(self.close)
+
+    async def close(self) -> None:
+        """Ends the streams once their pending calls are answered (within a second)."""
+        for client in (self._checks, self._authorizations):
+            if client is not None:
+                await client.close()
 
     async def check_consent(
         self, business_id: str, person_id: str, category: int
@@ -93,6 +130,8 @@ class Dependencies:
             category=category,  # type: ignore[arg-type]
         )
         try:
+            if self._checks is not None:
+                return await self._checks.call(req)
             response: consent_pb2.CheckConsentResponse = await self.consent.CheckConsent(req)
             return response
         except grpc.aio.AioRpcError as e:
@@ -129,6 +168,8 @@ class Dependencies:
             timeout=to_duration(hold),
         )
         try:
+            if self._authorizations is not None:
+                return await self._authorizations.call(req)
             response: billing_pb2.AuthorizeChargeResponse = await self.billing.AuthorizeCharge(req)
             return response
         except grpc.aio.AioRpcError as e:

@@ -3,6 +3,10 @@
 One channel per dependency, made once and reused. Every call carries this service's
 `service:<name>` token, the incoming call's request id, and a deadline: the smaller of
 what the incoming call has left and the configured default (DESIGN.md, rule 7).
+
+Bidirectional streams are not intercepted: the only ones between services are long-lived
+multiplexed streams (kit/multiplex.py), which outlive any one incoming call. They carry the
+request id and deadline per item, and send `Channels.authorization()` when they open.
 """
 
 from __future__ import annotations
@@ -99,6 +103,10 @@ class Channels:
         self._token = _ServiceToken(tokens, service)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._targets: dict[str, str] = {}
+
+    def authorization(self) -> str:
+        """This service's `authorization` header value, as every outgoing call carries it."""
+        return self._token.header()
 
     def set_target(self, dependency: str, target: str) -> None:
         self._targets[dependency] = target

@@ -57,6 +57,14 @@ class Settings:
         return float(self._get("BIZMSG_CALL_TIMEOUT", "5"))
 
     @property
+    def internal_streams(self) -> bool:
+        """Whether calls made for every request (delivery's CheckConsent and AuthorizeCharge) go as
+        items on one long-lived stream per dependency (kit/multiplex.py) rather than one unary
+        call each. BIZMSG_INTERNAL_STREAMS=0 turns them off; the unary methods serve either way."""
+        value = self._get("BIZMSG_INTERNAL_STREAMS", "1").strip().lower()
+        return value not in ("0", "false", "no", "off")
+
+    @property
     def clock_file(self) -> str | None:
         return self.env.get("BIZMSG_CLOCK_FILE") or None
 

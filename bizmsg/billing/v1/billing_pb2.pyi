@@ -5,6 +5,7 @@ isort:skip_file
 
 from bizmsg.common.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
@@ -825,6 +826,87 @@ class AuthorizeChargeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuthorizeChargeResponse: _TypeAlias = AuthorizeChargeResponse  # noqa: Y015
+
+@_typing.final
+class AuthorizeChargeStreamRequest(_message.Message):
+    """One AuthorizeCharge on an AuthorizeChargeStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    CALLER_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    correlation_id: _builtins.int
+    """Chosen by the client, unique among its items in flight on the stream; the response carries it."""
+    caller_request_id: _builtins.str
+    """The request id of the caller's own call, for the logs: what x-request-id carries on a unary
+    call. Not the idempotency key, which is request.request_id (the message id).
+    """
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """What is left of the caller's deadline: past it the item is answered DEADLINE_EXCEEDED, as a
+        unary call's deadline would end it. Unset means no deadline.
+        """
+
+    @_builtins.property
+    def request(self) -> Global___AuthorizeChargeRequest:
+        """The authorization, exactly as AuthorizeCharge takes it."""
+
+    def __init__(
+        self,
+        *,
+        correlation_id: _builtins.int = ...,
+        caller_request_id: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        request: Global___AuthorizeChargeRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_request_id", b"caller_request_id", "correlation_id", b"correlation_id", "request", b"request", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizeChargeStreamRequest: _TypeAlias = AuthorizeChargeStreamRequest  # noqa: Y015
+
+@_typing.final
+class AuthorizeChargeStreamResponse(_message.Message):
+    """The answer to one AuthorizeChargeStreamRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    correlation_id: _builtins.int
+    """The correlation_id of the request answered."""
+    @_builtins.property
+    def response(self) -> Global___AuthorizeChargeResponse:
+        """The authorization."""
+
+    @_builtins.property
+    def error(self) -> _any_pb2.Any:
+        """A google.rpc.Status packed in an Any: the code, message and details (one ErrorInfo, plus
+        QuotaFailure and RetryInfo for an empty wallet, and so on) a unary AuthorizeCharge carries in
+        its grpc-status-details-bin trailer.
+        """
+
+    def __init__(
+        self,
+        *,
+        correlation_id: _builtins.int = ...,
+        response: Global___AuthorizeChargeResponse | None = ...,
+        error: _any_pb2.Any | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___AuthorizeChargeStreamResponse: _TypeAlias = AuthorizeChargeStreamResponse  # noqa: Y015
 
 @_typing.final
 class CaptureChargeRequest(_message.Message):

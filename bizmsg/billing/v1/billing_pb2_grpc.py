@@ -78,6 +78,11 @@ class BillingServiceStub:
                 request_serializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.AuthorizeChargeRequest.SerializeToString,
                 response_deserializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.AuthorizeChargeResponse.FromString,
                 _registered_method=True)
+        self.AuthorizeChargeStream = channel.stream_stream(
+                '/bizmsg.billing.v1.BillingService/AuthorizeChargeStream',
+                request_serializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.AuthorizeChargeStreamRequest.SerializeToString,
+                response_deserializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.AuthorizeChargeStreamResponse.FromString,
+                _registered_method=True)
         self.CaptureCharge = channel.unary_unary(
                 '/bizmsg.billing.v1.BillingService/CaptureCharge',
                 request_serializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.CaptureChargeRequest.SerializeToString,
@@ -170,6 +175,22 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuthorizeChargeStream(self, request_iterator, context):
+        """AuthorizeCharge for many calls over one long-lived stream: the same operation, with the same
+        permission (only service:delivery), idempotency by request_id, validation and errors, item by
+        item. Delivery authorizes every message, and a unary call costs a Python gRPC client and server
+        far more than one message on an open stream, so delivery keeps one of these open instead
+        (BIZMSG_INTERNAL_STREAMS); AuthorizeCharge stays for everyone else. The token is checked when
+        the stream opens (and its expiry on every item). Each request is answered by one response with
+        its correlation_id, in any order: items run concurrently. A failed item does not end the
+        stream; its response carries the status the unary call would have failed with. When the service
+        shuts down it answers the items it has read and ends the stream with OK; the client opens a new
+        one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CaptureCharge(self, request, context):
         """Posts a pending charge when the message was delivered. Only service:delivery.
         A second capture or void is FAILED_PRECONDITION (ALREADY_CAPTURED, ALREADY_VOIDED,
@@ -251,6 +272,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.AuthorizeCharge,
                     request_deserializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.AuthorizeChargeRequest.FromString,
                     response_serializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.AuthorizeChargeResponse.SerializeToString,
+            ),
+            'AuthorizeChargeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AuthorizeChargeStream,
+                    request_deserializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.AuthorizeChargeStreamRequest.FromString,
+                    response_serializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.AuthorizeChargeStreamResponse.SerializeToString,
             ),
             'CaptureCharge': grpc.unary_unary_rpc_method_handler(
                     servicer.CaptureCharge,
@@ -498,6 +524,33 @@ class BillingService:
             '/bizmsg.billing.v1.BillingService/AuthorizeCharge',
             bizmsg_dot_billing_dot_v1_dot_billing__pb2.AuthorizeChargeRequest.SerializeToString,
             bizmsg_dot_billing_dot_v1_dot_billing__pb2.AuthorizeChargeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthorizeChargeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bizmsg.billing.v1.BillingService/AuthorizeChargeStream',
+            bizmsg_dot_billing_dot_v1_dot_billing__pb2.AuthorizeChargeStreamRequest.SerializeToString,
+            bizmsg_dot_billing_dot_v1_dot_billing__pb2.AuthorizeChargeStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,18 @@ class BillingServiceStub:
     """Reserves the price of a message as pending on the business wallet, or answers free.
     Only service:delivery; request_id is the message id.
     """
+    AuthorizeChargeStream: _grpc.StreamStreamMultiCallable[_billing_pb2.AuthorizeChargeStreamRequest, _billing_pb2.AuthorizeChargeStreamResponse]
+    """AuthorizeCharge for many calls over one long-lived stream: the same operation, with the same
+    permission (only service:delivery), idempotency by request_id, validation and errors, item by
+    item. Delivery authorizes every message, and a unary call costs a Python gRPC client and server
+    far more than one message on an open stream, so delivery keeps one of these open instead
+    (BIZMSG_INTERNAL_STREAMS); AuthorizeCharge stays for everyone else. The token is checked when
+    the stream opens (and its expiry on every item). Each request is answered by one response with
+    its correlation_id, in any order: items run concurrently. A failed item does not end the
+    stream; its response carries the status the unary call would have failed with. When the service
+    shuts down it answers the items it has read and ends the stream with OK; the client opens a new
+    one.
+    """
     CaptureCharge: _grpc.UnaryUnaryMultiCallable[_billing_pb2.CaptureChargeRequest, _billing_pb2.CaptureChargeResponse]
     """Posts a pending charge when the message was delivered. Only service:delivery.
     A second capture or void is FAILED_PRECONDITION (ALREADY_CAPTURED, ALREADY_VOIDED,
@@ -103,6 +115,18 @@ class BillingServiceAsyncStub(BillingServiceStub):
     AuthorizeCharge: _aio.UnaryUnaryMultiCallable[_billing_pb2.AuthorizeChargeRequest, _billing_pb2.AuthorizeChargeResponse]  # type: ignore[assignment]
     """Reserves the price of a message as pending on the business wallet, or answers free.
     Only service:delivery; request_id is the message id.
+    """
+    AuthorizeChargeStream: _aio.StreamStreamMultiCallable[_billing_pb2.AuthorizeChargeStreamRequest, _billing_pb2.AuthorizeChargeStreamResponse]  # type: ignore[assignment]
+    """AuthorizeCharge for many calls over one long-lived stream: the same operation, with the same
+    permission (only service:delivery), idempotency by request_id, validation and errors, item by
+    item. Delivery authorizes every message, and a unary call costs a Python gRPC client and server
+    far more than one message on an open stream, so delivery keeps one of these open instead
+    (BIZMSG_INTERNAL_STREAMS); AuthorizeCharge stays for everyone else. The token is checked when
+    the stream opens (and its expiry on every item). Each request is answered by one response with
+    its correlation_id, in any order: items run concurrently. A failed item does not end the
+    stream; its response carries the status the unary call would have failed with. When the service
+    shuts down it answers the items it has read and ends the stream with OK; the client opens a new
+    one.
     """
     CaptureCharge: _aio.UnaryUnaryMultiCallable[_billing_pb2.CaptureChargeRequest, _billing_pb2.CaptureChargeResponse]  # type: ignore[assignment]
     """Posts a pending charge when the message was delivered. Only service:delivery.
@@ -195,6 +219,24 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_billing_pb2.AuthorizeChargeResponse, _abc.Awaitable[_billing_pb2.AuthorizeChargeResponse]]:
         """Reserves the price of a message as pending on the business wallet, or answers free.
         Only service:delivery; request_id is the message id.
+        """
+
+    @_abc_1.abstractmethod
+    def AuthorizeChargeStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_billing_pb2.AuthorizeChargeStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_billing_pb2.AuthorizeChargeStreamResponse], _abc.AsyncIterator[_billing_pb2.AuthorizeChargeStreamResponse]]:
+        """AuthorizeCharge for many calls over one long-lived stream: the same operation, with the same
+        permission (only service:delivery), idempotency by request_id, validation and errors, item by
+        item. Delivery authorizes every message, and a unary call costs a Python gRPC client and server
+        far more than one message on an open stream, so delivery keeps one of these open instead
+        (BIZMSG_INTERNAL_STREAMS); AuthorizeCharge stays for everyone else. The token is checked when
+        the stream opens (and its expiry on every item). Each request is answered by one response with
+        its correlation_id, in any order: items run concurrently. A failed item does not end the
+        stream; its response carries the status the unary call would have failed with. When the service
+        shuts down it answers the items it has read and ends the stream with OK; the client opens a new
+        one.
         """
 
     @_abc_1.abstractmethod

@@ -36,6 +36,7 @@ class ConsentServiceStub:
     VerifyConsentHistory, ExportPersonData, ErasePerson, Set/GetAdPreferences — own person_id only.
     - business:<business_id>: CheckConsent for its own business_id only.
     - service:delivery: CheckConsent, RecordUserMessage, RecordBusinessReply for anyone.
+    - CheckConsentStream: each item as CheckConsent (the same callers).
     - service:ads: GetAdPreferences for anyone.
     - admin: ExportPersonData, ErasePerson, VerifyConsentHistory (audit) for anyone.
     - anyone authenticated: GetReceiptKey (it is a public key).
@@ -84,6 +85,11 @@ class ConsentServiceStub:
                 '/bizmsg.consent.v1.ConsentService/CheckConsent',
                 request_serializer=bizmsg_dot_consent_dot_v1_dot_consent__pb2.CheckConsentRequest.SerializeToString,
                 response_deserializer=bizmsg_dot_consent_dot_v1_dot_consent__pb2.CheckConsentResponse.FromString,
+                _registered_method=True)
+        self.CheckConsentStream = channel.stream_stream(
+                '/bizmsg.consent.v1.ConsentService/CheckConsentStream',
+                request_serializer=bizmsg_dot_consent_dot_v1_dot_consent__pb2.CheckConsentStreamRequest.SerializeToString,
+                response_deserializer=bizmsg_dot_consent_dot_v1_dot_consent__pb2.CheckConsentStreamResponse.FromString,
                 _registered_method=True)
         self.RecordUserMessage = channel.unary_unary(
                 '/bizmsg.consent.v1.ConsentService/RecordUserMessage',
@@ -148,6 +154,7 @@ class ConsentServiceServicer:
     VerifyConsentHistory, ExportPersonData, ErasePerson, Set/GetAdPreferences — own person_id only.
     - business:<business_id>: CheckConsent for its own business_id only.
     - service:delivery: CheckConsent, RecordUserMessage, RecordBusinessReply for anyone.
+    - CheckConsentStream: each item as CheckConsent (the same callers).
     - service:ads: GetAdPreferences for anyone.
     - admin: ExportPersonData, ErasePerson, VerifyConsentHistory (audit) for anyone.
     - anyone authenticated: GetReceiptKey (it is a public key).
@@ -199,6 +206,21 @@ class ConsentServiceServicer:
     def CheckConsent(self, request, context):
         """May this business message this person now in this category, and under which window? Read-only,
         served by one primary-key lookup, never from a cache.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckConsentStream(self, request_iterator, context):
+        """CheckConsent for many calls over one long-lived stream: the same operation, with the same
+        permissions, validation and errors, item by item. Delivery checks every message, and a unary
+        call costs a Python gRPC client and server far more than one message on an open stream, so
+        delivery keeps one of these open instead (BIZMSG_INTERNAL_STREAMS); CheckConsent stays for
+        everyone else. The token is checked when the stream opens (and its expiry on every item).
+        Each request is answered by one response with its correlation_id, in any order: items run
+        concurrently. A failed item does not end the stream; its response carries the status the unary
+        call would have failed with. When the service shuts down it answers the items it has read and
+        ends the stream with OK; the client opens a new one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -305,6 +327,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     request_deserializer=bizmsg_dot_consent_dot_v1_dot_consent__pb2.CheckConsentRequest.FromString,
                     response_serializer=bizmsg_dot_consent_dot_v1_dot_consent__pb2.CheckConsentResponse.SerializeToString,
             ),
+            'CheckConsentStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.CheckConsentStream,
+                    request_deserializer=bizmsg_dot_consent_dot_v1_dot_consent__pb2.CheckConsentStreamRequest.FromString,
+                    response_serializer=bizmsg_dot_consent_dot_v1_dot_consent__pb2.CheckConsentStreamResponse.SerializeToString,
+            ),
             'RecordUserMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordUserMessage,
                     request_deserializer=bizmsg_dot_consent_dot_v1_dot_consent__pb2.RecordUserMessageRequest.FromString,
@@ -374,6 +401,7 @@ class ConsentService:
     VerifyConsentHistory, ExportPersonData, ErasePerson, Set/GetAdPreferences — own person_id only.
     - business:<business_id>: CheckConsent for its own business_id only.
     - service:delivery: CheckConsent, RecordUserMessage, RecordBusinessReply for anyone.
+    - CheckConsentStream: each item as CheckConsent (the same callers).
     - service:ads: GetAdPreferences for anyone.
     - admin: ExportPersonData, ErasePerson, VerifyConsentHistory (audit) for anyone.
     - anyone authenticated: GetReceiptKey (it is a public key).
@@ -517,6 +545,33 @@ class ConsentService:
             '/bizmsg.consent.v1.ConsentService/CheckConsent',
             bizmsg_dot_consent_dot_v1_dot_consent__pb2.CheckConsentRequest.SerializeToString,
             bizmsg_dot_consent_dot_v1_dot_consent__pb2.CheckConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckConsentStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bizmsg.consent.v1.ConsentService/CheckConsentStream',
+            bizmsg_dot_consent_dot_v1_dot_consent__pb2.CheckConsentStreamRequest.SerializeToString,
+            bizmsg_dot_consent_dot_v1_dot_consent__pb2.CheckConsentStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

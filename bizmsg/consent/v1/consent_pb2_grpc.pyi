@@ -37,6 +37,7 @@ class ConsentServiceStub:
       VerifyConsentHistory, ExportPersonData, ErasePerson, Set/GetAdPreferences — own person_id only.
     - business:<business_id>: CheckConsent for its own business_id only.
     - service:delivery: CheckConsent, RecordUserMessage, RecordBusinessReply for anyone.
+    - CheckConsentStream: each item as CheckConsent (the same callers).
     - service:ads: GetAdPreferences for anyone.
     - admin: ExportPersonData, ErasePerson, VerifyConsentHistory (audit) for anyone.
     - anyone authenticated: GetReceiptKey (it is a public key).
@@ -73,6 +74,17 @@ class ConsentServiceStub:
     CheckConsent: _grpc.UnaryUnaryMultiCallable[_consent_pb2.CheckConsentRequest, _consent_pb2.CheckConsentResponse]
     """May this business message this person now in this category, and under which window? Read-only,
     served by one primary-key lookup, never from a cache.
+    """
+    CheckConsentStream: _grpc.StreamStreamMultiCallable[_consent_pb2.CheckConsentStreamRequest, _consent_pb2.CheckConsentStreamResponse]
+    """CheckConsent for many calls over one long-lived stream: the same operation, with the same
+    permissions, validation and errors, item by item. Delivery checks every message, and a unary
+    call costs a Python gRPC client and server far more than one message on an open stream, so
+    delivery keeps one of these open instead (BIZMSG_INTERNAL_STREAMS); CheckConsent stays for
+    everyone else. The token is checked when the stream opens (and its expiry on every item).
+    Each request is answered by one response with its correlation_id, in any order: items run
+    concurrently. A failed item does not end the stream; its response carries the status the unary
+    call would have failed with. When the service shuts down it answers the items it has read and
+    ends the stream with OK; the client opens a new one.
     """
     RecordUserMessage: _grpc.UnaryUnaryMultiCallable[_consent_pb2.RecordUserMessageRequest, _consent_pb2.RecordUserMessageResponse]
     """A person messaged a business: opens or extends the 24-hour customer-service window; a
@@ -113,6 +125,7 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
       VerifyConsentHistory, ExportPersonData, ErasePerson, Set/GetAdPreferences — own person_id only.
     - business:<business_id>: CheckConsent for its own business_id only.
     - service:delivery: CheckConsent, RecordUserMessage, RecordBusinessReply for anyone.
+    - CheckConsentStream: each item as CheckConsent (the same callers).
     - service:ads: GetAdPreferences for anyone.
     - admin: ExportPersonData, ErasePerson, VerifyConsentHistory (audit) for anyone.
     - anyone authenticated: GetReceiptKey (it is a public key).
@@ -146,6 +159,17 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     CheckConsent: _aio.UnaryUnaryMultiCallable[_consent_pb2.CheckConsentRequest, _consent_pb2.CheckConsentResponse]  # type: ignore[assignment]
     """May this business message this person now in this category, and under which window? Read-only,
     served by one primary-key lookup, never from a cache.
+    """
+    CheckConsentStream: _aio.StreamStreamMultiCallable[_consent_pb2.CheckConsentStreamRequest, _consent_pb2.CheckConsentStreamResponse]  # type: ignore[assignment]
+    """CheckConsent for many calls over one long-lived stream: the same operation, with the same
+    permissions, validation and errors, item by item. Delivery checks every message, and a unary
+    call costs a Python gRPC client and server far more than one message on an open stream, so
+    delivery keeps one of these open instead (BIZMSG_INTERNAL_STREAMS); CheckConsent stays for
+    everyone else. The token is checked when the stream opens (and its expiry on every item).
+    Each request is answered by one response with its correlation_id, in any order: items run
+    concurrently. A failed item does not end the stream; its response carries the status the unary
+    call would have failed with. When the service shuts down it answers the items it has read and
+    ends the stream with OK; the client opens a new one.
     """
     RecordUserMessage: _aio.UnaryUnaryMultiCallable[_consent_pb2.RecordUserMessageRequest, _consent_pb2.RecordUserMessageResponse]  # type: ignore[assignment]
     """A person messaged a business: opens or extends the 24-hour customer-service window; a
@@ -185,6 +209,7 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
       VerifyConsentHistory, ExportPersonData, ErasePerson, Set/GetAdPreferences — own person_id only.
     - business:<business_id>: CheckConsent for its own business_id only.
     - service:delivery: CheckConsent, RecordUserMessage, RecordBusinessReply for anyone.
+    - CheckConsentStream: each item as CheckConsent (the same callers).
     - service:ads: GetAdPreferences for anyone.
     - admin: ExportPersonData, ErasePerson, VerifyConsentHistory (audit) for anyone.
     - anyone authenticated: GetReceiptKey (it is a public key).
@@ -246,6 +271,23 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consent_pb2.CheckConsentResponse, _abc.Awaitable[_consent_pb2.CheckConsentResponse]]:
         """May this business message this person now in this category, and under which window? Read-only,
         served by one primary-key lookup, never from a cache.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckConsentStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_consent_pb2.CheckConsentStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_consent_pb2.CheckConsentStreamResponse], _abc.AsyncIterator[_consent_pb2.CheckConsentStreamResponse]]:
+        """CheckConsent for many calls over one long-lived stream: the same operation, with the same
+        permissions, validation and errors, item by item. Delivery checks every message, and a unary
+        call costs a Python gRPC client and server far more than one message on an open stream, so
+        delivery keeps one of these open instead (BIZMSG_INTERNAL_STREAMS); CheckConsent stays for
+        everyone else. The token is checked when the stream opens (and its expiry on every item).
+        Each request is answered by one response with its correlation_id, in any order: items run
+        concurrently. A failed item does not end the stream; its response carries the status the unary
+        call would have failed with. When the service shuts down it answers the items it has read and
+        ends the stream with OK; the client opens a new one.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,377 @@
+"""Unary calls carried over one long-lived bidirectional stream, both ends.
+
+Python gRPC pays most per unary call; a message on an already open stream costs far less. So
+a service that calls another for every request (delivery: consent's CheckConsent and billing's
+AuthorizeCharge per message) keeps one stream per dependency open and sends each call as an
+item on it. The proto pairs each such unary method with a `<Method>Stream` method whose
+request wraps the unary request (`correlation_id`, `caller_request_id`, `timeout`, `request`)
+and whose response carries the same `correlation_id` and either the unary `response` or, in
+`error`, the google.rpc.Status the unary call would have failed with.
+
+- `StreamClient` (the caller): opens the stream lazily, numbers and writes each request (one
+  writer, as grpc.aio allows no concurrent writes), resolves the caller when its answer comes,
+  in any order, and gives each item the deadline a unary call would have. A failed item raises
+  the grpc.aio.AioRpcError the unary call would (status details in the trailing metadata, so
+  errors.status_details works unchanged); a broken stream fails its pending items with
+  UNAVAILABLE and the next call opens a new one. Streams are replaced when the service token
+  is re-minted and every STREAM_MAX_AGE; a dependency without the stream method is called
+  unary.
+- `serve` (the servicer's stream method): says in its initial metadata that it accepted the
+  stream (the client writes nothing before), reads items and runs each in its own task with
+  the unary handler, through the interceptor's `StreamItems` (principal, request id, deadline,
+  log line, error status), and writes the answers as they finish. When the server drains it
+  stops reading, answers what it read and ends the stream with OK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import status_pb2
+
+from bizmsg.kit import calls
+from bizmsg.kit.interceptors import status_code, stream_items
+
+log = logging.getLogger("bizmsg.multiplex")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Req_co = TypeVar("Req_co", covariant=True)
+Resp_co = TypeVar("Resp_co", covariant=True)
+Item = TypeVar("Item", bound="StreamRequest[Any]")
+Answer = TypeVar("Answer")
+
+# Status details travel in this trailer on a unary call (grpcio-status reads it from there).
+DETAILS_KEY = "grpc-status-details-bin"
+# The server's initial metadata says it accepted the stream (authenticated, method known).
+ACCEPTED_KEY = "bizmsg-stream-accepted"
+# A stream is replaced after this long, so that behind a load balancer new streams (hence calls)
+# spread over replicas as they come and go, as unary calls would.
+STREAM_MAX_AGE = 60.0
+
+
+class StreamRequest(Protocol[Req_co]):
+    """`<Method>StreamRequest`: one unary request and what the unary call carries around it."""
+
+    @property
+    def correlation_id(self) -> int: ...
+    @property
+    def caller_request_id(self) -> str: ...
+    @property
+    def timeout(self) -> duration_pb2.Duration: ...
+    @property
+    def request(self) -> Req_co: ...
+    def HasField(self, field_name: Literal["timeout"]) -> bool: ...
+
+
+class StreamResponse(Protocol[Resp_co]):
+    """`<Method>StreamResponse`: the unary response, or the status it failed with."""
+
+    @property
+    def correlation_id(self) -> int: ...
+    @property
+    def response(self) -> Resp_co: ...
+    @property
+    def error(self) -> any_pb2.Any: ...
+    def HasField(self, field_name: Literal["error"]) -> bool: ...
+
+
+def rpc_error(
+    code: grpc.StatusCode, details: str, status_bytes: bytes | None = None
+) -> grpc.aio.AioRpcError:
+    """The error a unary call would raise: code, details and (when given) the serialized
+    google.rpc.Status in the trailing metadata."""
+    trailing = (
+        grpc.aio.Metadata()
+        if status_bytes is None
+        else grpc.aio.Metadata((DETAILS_KEY, status_bytes))
+    )
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details)
+
+
+def _error_from_status(packed: any_pb2.Any) -> grpc.aio.AioRpcError:
+    status = status_pb2.Status()
+    packed.Unpack(status)
+    return rpc_error(status_code(status), status.message, packed.value)
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+# --- the caller's end ----------------------------------------------------------------------
+
+
+class _Stream(Generic[Resp]):
+    """One open stream: its writer queue, its reader task and the items awaiting answers."""
+
+    def __init__(
+        self,
+        name: str,
+        open_stream: Callable[..., Any],
+        authorization: str,
+    ) -> None:
+        self.name = name
+        self.authorization = authorization
+        self.opened = time.monotonic()
+        self.accepting = True
+        self.accepted = False
+        self.pending: dict[int, asyncio.Future[Resp]] = {}
+        # grpc.aio writes the iterator's items from one task of its own: writes never overlap,
+        # and a caller cancelled while its item waits does not cancel the whole stream.
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.call = open_stream(self._requests(), metadata=(("authorization", authorization),))
+        self._reader = asyncio.create_task(self._read(), name=f"{name}-stream-reader")
+
+    async def _requests(self) -> AsyncIterator[Any]:
+        # Write nothing until the server has accepted the stream: a write racing its refusal
+        # turns the refusal (UNAUTHENTICATED, UNIMPLEMENTED) into INTERNAL in grpc.aio. When it
+        # refuses, this ends and the reader fails the pending items with the refusal.
+        metadata = await self.call.initial_metadata()
+        if not any(key == ACCEPTED_KEY for key, _ in metadata or ()):
+            return
+        self.accepted = True
+        while (item := await self._outbox.get()) is not None:
+            yield item
+
+    def send(self, correlation_id: int, item: Any, answer: asyncio.Future[Resp]) -> None:
+        self.pending[correlation_id] = answer
+        self._outbox.put_nowait(item)
+
+    def retire(self) -> None:
+        """Take no new items; the server answers those sent, then ends the stream."""
+        if self.accepting:
+            self.accepting = False
+            self._outbox.put_nowait(None)
+
+    async def _read(self) -> None:
+        ended_with: grpc.aio.AioRpcError | None = None
+        try:
+            async for answer in self.call:
+                self._settle(answer)
+        except grpc.aio.AioRpcError as e:
+            ended_with = e
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # not expected; the items must still be answered
+            log.warning("stream reader failed", exc_info=e, extra={"fields": {"to": self.name}})
+        finally:
+            self.accepting = False
+            pending, self.pending = self.pending, {}
+            for waiting in pending.values():
+                if not waiting.done():
+                    waiting.set_exception(self._failure(ended_with))
+
+    def _settle(self, answer: StreamResponse[Resp]) -> None:
+        waiting = self.pending.pop(answer.correlation_id, None)
+        if waiting is None or waiting.done():
+            return  # its caller gave up (deadline, cancellation)
+        if answer.HasField("error"):
+            waiting.set_exception(_error_from_status(answer.error))
+        else:
+            waiting.set_result(answer.response)
+
+    def _failure(self, ended_with: grpc.aio.AioRpcError | None) -> grpc.aio.AioRpcError:
+        """What an item still pending when the stream ended fails with (a new error each)."""
+        if ended_with is None:
+            return rpc_error(grpc.StatusCode.UNAVAILABLE, f"the {self.name} stream ended")
+        code, details = ended_with.code(), ended_with.details()
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED):
+            # The token was refused (each item would have been, as a unary call), or the
+            # dependency does not serve the stream (StreamClient falls back to unary calls).
+            return grpc.aio.AioRpcError(
+                code, ended_with.initial_metadata(), ended_with.trailing_metadata(), details
+            )
+        return rpc_error(
+            grpc.StatusCode.UNAVAILABLE, f"the {self.name} stream broke ({code.name}: {details})"
+        )
+
+    async def close(self, grace: float) -> None:
+        """Ends the stream: cleanly once pending items are answered, else cancelled after
+        `grace` seconds (its pending items then fail UNAVAILABLE)."""
+        self.retire()
+        await asyncio.wait({self._reader}, timeout=grace)
+        self.call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+class StreamClient(Generic[Req, Resp]):
+    """Calls one unary method of a dependency as items on a long-lived stream.
+
+    `open_stream` is the stub's `<Method>Stream`, `wrap` its request type (called with the
+    four fields), `authorization` gives the current `Bearer` header (a stream opened with an
+    older one is replaced), `call_timeout` the default deadline of a call. `unary` is the
+    stub's unary method: used instead for a while when the dependency answers UNIMPLEMENTED
+    for the stream (a version without it, e.g. during a rolling upgrade).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        open_stream: Callable[..., Any],
+        wrap: Callable[..., Any],
+        *,
+        authorization: Callable[[], str],
+        call_timeout: float,
+        unary: Callable[[Req], Awaitable[Resp]] | None = None,
+        max_age: float = STREAM_MAX_AGE,
+    ) -> None:
+        self._name = name
+        self._open = open_stream
+        self._wrap = wrap
+        self._unary = unary
+        self._unary_until = 0.0  # monotonic time before which calls go unary
+        self._authorization = authorization
+        self._call_timeout = call_timeout
+        self._max_age = max_age
+        self._ids = itertools.count(1)
+        self._stream: _Stream[Resp] | None = None
+
+    def _current(self) -> _Stream[Resp]:
+        stream = self._stream
+        header = self._authorization()
+        if (
+            stream is not None
+            and stream.accepting
+            and stream.authorization == header
+            and time.monotonic() - stream.opened < self._max_age
+        ):
+            return stream
+        if stream is not None:
+            stream.retire()
+        self._stream = _Stream(self._name, self._open, header)
+        return self._stream
+
+    async def call(self, request: Req) -> Resp:
+        """What the unary call would return, or the grpc.aio.AioRpcError it would raise."""
+        if self._unary is not None and time.monotonic() < self._unary_until:
+            return await self._unary(request)
+        try:
+            return await self._call_on_stream(request)
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.UNIMPLEMENTED or self._unary is None:
+                raise
+        # No unary method of ours answers UNIMPLEMENTED: the dependency lacks the stream.
+        log.warning(
+            "dependency serves no stream; calling it unary",
+            extra={"fields": {"to": self._name, "retry_stream_after_s": self._max_age}},
+        )
+        self._unary_until = time.monotonic() + self._max_age
+        return await self._unary(request)
+
+    async def _call_on_stream(self, request: Req) -> Resp:
+        # The same deadline a unary call gets: what the incoming call has left, at most the
+        # default (clients.OutgoingInterceptor).
+        timeout = self._call_timeout
+        remaining = calls.time_remaining()
+        if remaining is not None:
+            timeout = max(0.001, min(timeout, remaining))
+        correlation_id = next(self._ids)
+        item = self._wrap(
+            correlation_id=correlation_id,
+            caller_request_id=calls.current_request_id(),
+            timeout=_duration(timeout),
+            request=request,
+        )
+        answer: asyncio.Future[Resp] = asyncio.get_running_loop().create_future()
+        stream = self._current()
+        stream.send(correlation_id, item, answer)
+        try:
+            return await asyncio.wait_for(answer, timeout)
+        except TimeoutError:
+            if not stream.accepted:
+                # The server never even accepted the stream: drop it (its other items fail
+                # UNAVAILABLE), and the next call tries a new one.
+                stream.accepting = False
+                stream.call.cancel()
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        finally:
+            stream.pending.pop(correlation_id, None)
+
+    async def close(self, grace: float = 1.0) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.close(grace)
+
+
+# --- the server's end ----------------------------------------------------------------------
+
+
+async def _until_set(work: Awaitable[None], event: asyncio.Event) -> None:
+    """Runs `work` until it ends or `event` is set, whichever comes first."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if not task.cancelled():
+        task.result()  # a failed read fails the stream
+
+
+async def serve(
+    requests: AsyncIterator[Item],
+    context: Any,
+    method: str,
+    handler: Callable[[Any, Any], Awaitable[Any]],
+    response_type: Callable[..., Answer],
+) -> AsyncIterator[Answer]:
+    """The body of a `<Method>Stream` servicer method: every item read from `requests` runs
+    `handler` (the servicer's unary method named `method`) in its own task, as that unary call
+    would run; each answer is yielded as soon as it is ready. Handlers raise, never abort."""
+    items = stream_items()
+    await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))  # StreamClient writes now
+    answers: asyncio.Queue[Answer | None] = asyncio.Queue()
+    running: set[asyncio.Task[None]] = set()
+
+    async def answer(item: Item) -> None:
+        timeout = item.timeout.ToTimedelta().total_seconds() if item.HasField("timeout") else None
+        result = await items.run(
+            method, item.caller_request_id, timeout, lambda: handler(item.request, context)
+        )
+        if isinstance(result, status_pb2.Status):
+            error = any_pb2.Any()
+            error.Pack(result)
+            answers.put_nowait(response_type(correlation_id=item.correlation_id, error=error))
+        else:
+            answers.put_nowait(response_type(correlation_id=item.correlation_id, response=result))
+
+    async def read() -> None:
+        async for item in requests:
+            task = asyncio.create_task(answer(item))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+    async def read_then_finish() -> None:
+        try:
+            # Until the client stops writing, or the server drains.
+            await _until_set(read(), items.draining)
+            if running:  # nothing is added any more: wait for what was read
+                await asyncio.wait(set(running))
+        finally:
+            answers.put_nowait(None)
+
+    reader = asyncio.create_task(read_then_finish())
+    try:
+        while (ready := await answers.get()) is not None:
+            yield ready
+        await reader
+    finally:
+        reader.cancel()
+        for task in list(running):
+            task.cancel()
