@@ -4,7 +4,9 @@
 - auth: principals and signed bearer tokens
 - clock / ids / timeutil: movable time, time-ordered ids, proto time conversion
 - config: settings from environment variables
-- storage / idempotency: SQLAlchemy set-up, migrations, request_id replay
+- storage / idempotency: SQLAlchemy set-up, migrations, group commit, request_id replay
+- sqlite_inline / prepared: SQLite on the event loop's thread; hot statements run on the driver
 - server / interceptors / clients: the grpc.aio process, its interceptors and outgoing channels
+- multiplex: per-message internal calls as items on one long-lived bidirectional stream
 - testing: in-process and real-process harnesses for tests
 """
