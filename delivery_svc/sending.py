@@ -97,11 +97,13 @@ class Sending:
     ) -> delivery_pb2.SendMessageResponse:
         arrival = self.clock.now()
         state: store.LimitState | None = None
-        async with self.db.read() as s:
-            stored = await self.idem.lookup(s, METHOD, request, delivery_pb2.SendMessageResponse)
+        # Two single reads (prepared statements, no transaction): whether this request_id was
+        # answered, and the recipient with the limits' state. They need not agree with each
+        # other; the limits are counted again in the store transaction.
+        async with self.db.connect() as conn:
+            stored = await self.idem.lookup(conn, METHOD, request, delivery_pb2.SendMessageResponse)
             if stored is not None:
                 return stored
-            conn = await s.connection()
             if out.business_sends:
                 devices, country, state = await store.recipient_and_limits(
                     conn,

@@ -241,8 +241,7 @@ def _located(rows: Sequence[Record]) -> tuple[set[str], str]:
 
 async def recipient_devices(conn: AsyncConnection, owner: str) -> tuple[set[str], str]:
     """The owner's device ids and its country: one primary-key range read."""
-    rows = (await conn.execute(_DEVICES, {"owner": owner})).all()
-    return _located(rows)
+    return _located(await _P_DEVICES.rows(conn, {"owner": owner}))
 
 
 _DEVICE_EXISTS = select(literal(1)).where(
@@ -321,6 +320,7 @@ _DEVICES_AND_LIMITS = select(
 ).where(_RECIPIENT)
 
 
+_P_DEVICES = Prepared(_DEVICES)
 _P_DEVICES_AND_LIMITS = Prepared(_DEVICES_AND_LIMITS)
 
 

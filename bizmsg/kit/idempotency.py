@@ -15,7 +15,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 from sqlalchemy import Column, LargeBinary, MetaData, String, Table, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from bizmsg.kit.auth import current_principal
 from bizmsg.kit.clock import Clock
@@ -87,10 +87,14 @@ class Idempotency:
         }
 
     async def lookup(
-        self, session: AsyncSession, method: str, request: Message, response_type: type[Resp]
+        self,
+        session: AsyncSession | AsyncConnection,
+        method: str,
+        request: Message,
+        response_type: type[Resp],
     ) -> Resp | None:
         """The stored response for this request_id, or None if it was never answered."""
-        conn = await session.connection()
+        conn = session if isinstance(session, AsyncConnection) else await session.connection()
         row = await self._lookup.first(conn, self._key(method, request))
         if row is None:
             return None

@@ -196,6 +196,21 @@ class Database:
             self._batcher = None
 
     @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection outside any transaction, for single reads by prepared statements
+        (bizmsg.kit.prepared): on SQLite each statement reads the newest committed state, with
+        no BEGIN/COMMIT and no session around it. Not for several reads that must agree: use
+        read() for a snapshot."""
+        conn = await self.engine.connect()
+        try:
+            yield conn
+        finally:
+            if self.dialect == "sqlite":
+                await conn.close()  # does not suspend: no cancellation can land in it
+            else:
+                await asyncio.shield(conn.close())
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """One read transaction: a consistent snapshot, nothing written."""
         async with self._transaction(self._read_sessions) as session:
