@@ -100,7 +100,8 @@ class Dependencies:
             self._checks = StreamClient(
                 "consent",
                 self.consent.CheckConsentStream,
-                consent_pb2.CheckConsentStreamRequest,
+                consent_pb2.CheckConsentStreamItem,
+                batch=consent_pb2.CheckConsentStreamRequest,
                 authorization=authorization,
                 call_timeout=timeout,
                 unary=self.consent.CheckConsent,
@@ -108,7 +109,8 @@ class Dependencies:
             self._authorizations = StreamClient(
                 "billing",
                 self.billing.AuthorizeChargeStream,
-                billing_pb2.AuthorizeChargeStreamRequest,
+                billing_pb2.AuthorizeChargeStreamItem,
+                batch=billing_pb2.AuthorizeChargeStreamRequest,
                 authorization=authorization,
                 call_timeout=timeout,
                 unary=self.billing.AuthorizeCharge,

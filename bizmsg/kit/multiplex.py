@@ -4,9 +4,12 @@ Python gRPC pays most per unary call; a message on an already open stream costs 
 a service that calls another for every request (delivery: consent's CheckConsent and billing's
 AuthorizeCharge per message) keeps one stream per dependency open and sends each call as an
 item on it. The proto pairs each such unary method with a `<Method>Stream` method whose
-request wraps the unary request (`correlation_id`, `caller_request_id`, `timeout`, `request`)
-and whose response carries the same `correlation_id` and either the unary `response` or, in
-`error`, the google.rpc.Status the unary call would have failed with.
+request carries `items`, each wrapping one unary request (`correlation_id`,
+`caller_request_id`, `timeout`, `request`), and whose response carries `answers`, each with
+the same `correlation_id` and either the unary `response` or, in `error`, the
+google.rpc.Status the unary call would have failed with. Both ends put everything waiting to
+be written into one message: writes on a grpc.aio stream go one at a time, each costing about
+what a small message does, so under load one write carries many calls.
 
 - `StreamClient` (the caller): opens the stream lazily, numbers and writes each request (one
   writer, as grpc.aio allows no concurrent writes), resolves the caller when its answer comes,
@@ -46,8 +49,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Req_co = TypeVar("Req_co", covariant=True)
 Resp_co = TypeVar("Resp_co", covariant=True)
-Item = TypeVar("Item", bound="StreamRequest[Any]")
-Answer = TypeVar("Answer")
+Batch = TypeVar("Batch")
 
 # Status details travel in this trailer on a unary call (grpcio-status reads it from there).
 DETAILS_KEY = "grpc-status-details-bin"
@@ -58,8 +60,8 @@ ACCEPTED_KEY = "bizmsg-stream-accepted"
 STREAM_MAX_AGE = 60.0
 
 
-class StreamRequest(Protocol[Req_co]):
-    """`<Method>StreamRequest`: one unary request and what the unary call carries around it."""
+class StreamItem(Protocol[Req_co]):
+    """`<Method>StreamItem`: one unary request and what the unary call carries around it."""
 
     @property
     def correlation_id(self) -> int: ...
@@ -72,8 +74,8 @@ class StreamRequest(Protocol[Req_co]):
     def HasField(self, field_name: Literal["timeout"]) -> bool: ...
 
 
-class StreamResponse(Protocol[Resp_co]):
-    """`<Method>StreamResponse`: the unary response, or the status it failed with."""
+class StreamAnswer(Protocol[Resp_co]):
+    """`<Method>StreamAnswer`: the unary response, or the status it failed with."""
 
     @property
     def correlation_id(self) -> int: ...
@@ -119,9 +121,11 @@ class _Stream(Generic[Resp]):
         self,
         name: str,
         open_stream: Callable[..., Any],
+        batch: Callable[[], Any],
         authorization: str,
     ) -> None:
         self.name = name
+        self._batch = batch
         self.authorization = authorization
         self.opened = time.monotonic()
         self.accepting = True
@@ -142,7 +146,16 @@ class _Stream(Generic[Resp]):
             return
         self.accepted = True
         while (item := await self._outbox.get()) is not None:
-            yield item
+            # Everything waiting goes in this one write.
+            batch = self._batch()
+            batch.items.append(item)
+            while not self._outbox.empty():
+                item = self._outbox.get_nowait()
+                if item is None:
+                    yield batch
+                    return
+                batch.items.append(item)
+            yield batch
 
     def send(self, correlation_id: int, item: Any, answer: asyncio.Future[Resp]) -> None:
         self.pending[correlation_id] = answer
@@ -157,8 +170,9 @@ class _Stream(Generic[Resp]):
     async def _read(self) -> None:
         ended_with: grpc.aio.AioRpcError | None = None
         try:
-            async for answer in self.call:
-                self._settle(answer)
+            async for message in self.call:
+                for answer in message.answers:
+                    self._settle(answer)
         except grpc.aio.AioRpcError as e:
             ended_with = e
         except asyncio.CancelledError:
@@ -172,7 +186,7 @@ class _Stream(Generic[Resp]):
                 if not waiting.done():
                     waiting.set_exception(self._failure(ended_with))
 
-    def _settle(self, answer: StreamResponse[Resp]) -> None:
+    def _settle(self, answer: StreamAnswer[Resp]) -> None:
         waiting = self.pending.pop(answer.correlation_id, None)
         if waiting is None or waiting.done():
             return  # its caller gave up (deadline, cancellation)
@@ -209,11 +223,12 @@ class _Stream(Generic[Resp]):
 class StreamClient(Generic[Req, Resp]):
     """Calls one unary method of a dependency as items on a long-lived stream.
 
-    `open_stream` is the stub's `<Method>Stream`, `wrap` its request type (called with the
-    four fields), `authorization` gives the current `Bearer` header (a stream opened with an
-    older one is replaced), `call_timeout` the default deadline of a call. `unary` is the
-    stub's unary method: used instead for a while when the dependency answers UNIMPLEMENTED
-    for the stream (a version without it, e.g. during a rolling upgrade).
+    `open_stream` is the stub's `<Method>Stream`, `wrap` its item type (called with the four
+    fields), `batch` its request type (holding items), `authorization` gives the current
+    `Bearer` header (a stream opened with an older one is replaced), `call_timeout` the
+    default deadline of a call. `unary` is the stub's unary method: used instead for a while
+    when the dependency answers UNIMPLEMENTED for the stream (a version without it, e.g.
+    during a rolling upgrade).
     """
 
     def __init__(
@@ -222,6 +237,7 @@ class StreamClient(Generic[Req, Resp]):
         open_stream: Callable[..., Any],
         wrap: Callable[..., Any],
         *,
+        batch: Callable[[], Any],
         authorization: Callable[[], str],
         call_timeout: float,
         unary: Callable[[Req], Awaitable[Resp]] | None = None,
@@ -230,6 +246,7 @@ class StreamClient(Generic[Req, Resp]):
         self._name = name
         self._open = open_stream
         self._wrap = wrap
+        self._batch = batch
         self._unary = unary
         self._unary_until = 0.0  # monotonic time before which calls go unary
         self._authorization = authorization
@@ -250,7 +267,7 @@ class StreamClient(Generic[Req, Resp]):
             return stream
         if stream is not None:
             stream.retire()
-        self._stream = _Stream(self._name, self._open, header)
+        self._stream = _Stream(self._name, self._open, self._batch, header)
         return self._stream
 
     async def call(self, request: Req) -> Resp:
@@ -325,37 +342,35 @@ async def _until_set(work: Awaitable[None], event: asyncio.Event) -> None:
 
 
 async def serve(
-    requests: AsyncIterator[Item],
+    requests: AsyncIterator[Any],
     context: Any,
     method: str,
     handler: Callable[[Any, Any], Awaitable[Any]],
-    response_type: Callable[..., Answer],
-) -> AsyncIterator[Answer]:
+    response_type: Callable[[], Batch],
+) -> AsyncIterator[Batch]:
     """The body of a `<Method>Stream` servicer method: every item read from `requests` runs
     `handler` (the servicer's unary method named `method`) in its own task, as that unary call
-    would run; each answer is yielded as soon as it is ready. Handlers raise, never abort."""
+    would run; the answers ready when the stream is free to write go out in one response.
+    Handlers raise, never abort."""
     items = stream_items()
     await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))  # StreamClient writes now
-    answers: asyncio.Queue[Answer | None] = asyncio.Queue()
+    # (correlation_id, response or failure status); None ends the stream.
+    answers: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
     running: set[asyncio.Task[None]] = set()
 
-    async def answer(item: Item) -> None:
+    async def answer(item: StreamItem[Any]) -> None:
         timeout = item.timeout.ToTimedelta().total_seconds() if item.HasField("timeout") else None
         result = await items.run(
             method, item.caller_request_id, timeout, lambda: handler(item.request, context)
         )
-        if isinstance(result, status_pb2.Status):
-            error = any_pb2.Any()
-            error.Pack(result)
-            answers.put_nowait(response_type(correlation_id=item.correlation_id, error=error))
-        else:
-            answers.put_nowait(response_type(correlation_id=item.correlation_id, response=result))
+        answers.put_nowait((item.correlation_id, result))
 
     async def read() -> None:
-        async for item in requests:
-            task = asyncio.create_task(answer(item))
-            running.add(task)
-            task.add_done_callback(running.discard)
+        async for message in requests:
+            for item in message.items:
+                task = asyncio.create_task(answer(item))
+                running.add(task)
+                task.add_done_callback(running.discard)
 
     async def read_then_finish() -> None:
         try:
@@ -366,10 +381,29 @@ async def serve(
         finally:
             answers.put_nowait(None)
 
+    def add(batch: Any, correlation_id: int, result: Any) -> None:
+        if isinstance(result, status_pb2.Status):
+            error = any_pb2.Any()
+            error.Pack(result)
+            batch.answers.add(correlation_id=correlation_id, error=error)
+        else:
+            batch.answers.add(correlation_id=correlation_id, response=result)
+
     reader = asyncio.create_task(read_then_finish())
     try:
         while (ready := await answers.get()) is not None:
-            yield ready
+            batch = response_type()
+            add(batch, *ready)
+            finished = False
+            while not answers.empty():
+                more = answers.get_nowait()
+                if more is None:
+                    finished = True
+                    break
+                add(batch, *more)
+            yield batch
+            if finished:
+                break
         await reader
     finally:
         reader.cancel()

@@ -45,21 +45,23 @@ def _timeout(seconds: float) -> duration_pb2.Duration:
 
 
 def check_item(request: consent_pb2.CheckConsentRequest) -> consent_pb2.CheckConsentStreamRequest:
-    return consent_pb2.CheckConsentStreamRequest(
+    item = consent_pb2.CheckConsentStreamItem(
         correlation_id=1, caller_request_id=rid("t"), timeout=_timeout(10), request=request
     )
+    return consent_pb2.CheckConsentStreamRequest(items=[item])
 
 
 def authorize_item(
     request: billing_pb2.AuthorizeChargeRequest,
 ) -> billing_pb2.AuthorizeChargeStreamRequest:
-    return billing_pb2.AuthorizeChargeStreamRequest(
+    item = billing_pb2.AuthorizeChargeStreamItem(
         correlation_id=1, caller_request_id=rid("t"), timeout=_timeout(10), request=request
     )
+    return billing_pb2.AuthorizeChargeStreamRequest(items=[item])
 
 
 def one_answer(stream: Iterator[Any]) -> Any:
-    (answer,) = list(stream)
+    (answer,) = [a for message in stream for a in message.answers]
     assert answer.correlation_id == 1
     return answer
 

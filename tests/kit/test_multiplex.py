@@ -39,6 +39,7 @@ class FakeConsent(consent_pb2_grpc.ConsentServiceServicer):
 
     def __init__(self) -> None:
         self.cancelled = 0
+        self.messages_read = 0  # stream messages, each holding one or more items
 
     async def CheckConsent(self, request: pb.CheckConsentRequest, context: Any) -> Any:
         verb, _, arg = request.business_id.partition(":")
@@ -70,8 +71,13 @@ class FakeConsent(consent_pb2_grpc.ConsentServiceServicer):
     def CheckConsentStream(
         self, request_iterator: AsyncIterator[pb.CheckConsentStreamRequest], context: Any
     ) -> AsyncIterator[pb.CheckConsentStreamResponse]:
+        async def counted() -> AsyncIterator[pb.CheckConsentStreamRequest]:
+            async for message in request_iterator:
+                self.messages_read += 1
+                yield message
+
         return multiplex.serve(
-            request_iterator,
+            counted(),
             context,
             "CheckConsent",
             self.CheckConsent,
@@ -138,7 +144,8 @@ class Harness:
             multiplex.StreamClient(
                 "consent",
                 self.stub.CheckConsentStream,
-                pb.CheckConsentStreamRequest,
+                pb.CheckConsentStreamItem,
+                batch=pb.CheckConsentStreamRequest,
                 authorization=lambda: self.header,
                 call_timeout=5.0,
                 unary=lambda request: self.stub.CheckConsent(
@@ -238,6 +245,17 @@ def test_items_run_concurrently_and_are_answered_out_of_order(
     assert all(i["stream"] == STREAM and i["principal"] == "service:delivery" for i in items)
 
 
+def test_items_waiting_to_be_written_share_one_message(tmp_path: Path) -> None:
+    """Calls made while the stream is busy writing go out together, and come back together."""
+
+    async def scenario(h: Harness) -> None:
+        got = await asyncio.gather(*(h.check(f"ok:{i}", person=f"p{i}") for i in range(60)))
+        assert [r.consent_id for r in got] == [f"p{i}" for i in range(60)]
+        assert 1 <= h.servicer.messages_read < 60
+
+    run(tmp_path, scenario)
+
+
 def test_request_id_principal_and_deadline_travel_with_each_item(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -324,10 +342,14 @@ def test_the_server_answers_deadline_exceeded_for_an_item_past_its_timeout(
             timeout = duration_pb2.Duration()
             timeout.FromNanoseconds(int(seconds * 1e9))
             return pb.CheckConsentStreamRequest(
-                correlation_id=cid,
-                caller_request_id=f"r{cid}",
-                timeout=timeout,
-                request=pb.CheckConsentRequest(business_id=business, person_id=f"p{cid}"),
+                items=[
+                    pb.CheckConsentStreamItem(
+                        correlation_id=cid,
+                        caller_request_id=f"r{cid}",
+                        timeout=timeout,
+                        request=pb.CheckConsentRequest(business_id=business, person_id=f"p{cid}"),
+                    )
+                ]
             )
 
         async def items() -> AsyncIterator[pb.CheckConsentStreamRequest]:
@@ -335,7 +357,7 @@ def test_the_server_answers_deadline_exceeded_for_an_item_past_its_timeout(
             yield item(8, "ok", 5)
 
         stream = h.stub.CheckConsentStream(items(), metadata=[("authorization", h.header)])
-        answers = {a.correlation_id: a async for a in stream}
+        answers = {a.correlation_id: a async for message in stream for a in message.answers}
         assert answers[8].response.consent_id == "p8"
         status = status_pb2.Status()
         answers[7].error.Unpack(status)
@@ -416,7 +438,11 @@ def test_a_principal_refused_by_the_unary_method_is_refused_for_each_item(
 def test_an_unauthenticated_stream_is_refused(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
         async def items() -> AsyncIterator[pb.CheckConsentStreamRequest]:
-            yield pb.CheckConsentStreamRequest(correlation_id=1, request=pb.CheckConsentRequest())
+            yield pb.CheckConsentStreamRequest(
+                items=[
+                    pb.CheckConsentStreamItem(correlation_id=1, request=pb.CheckConsentRequest())
+                ]
+            )
 
         stream = h.stub.CheckConsentStream(items())  # no token
         e = await raises(stream.read())

@@ -828,7 +828,7 @@ class AuthorizeChargeResponse(_message.Message):
 Global___AuthorizeChargeResponse: _TypeAlias = AuthorizeChargeResponse  # noqa: Y015
 
 @_typing.final
-class AuthorizeChargeStreamRequest(_message.Message):
+class AuthorizeChargeStreamItem(_message.Message):
     """One AuthorizeCharge on an AuthorizeChargeStream."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -867,11 +867,57 @@ class AuthorizeChargeStreamRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+Global___AuthorizeChargeStreamItem: _TypeAlias = AuthorizeChargeStreamItem  # noqa: Y015
+
+@_typing.final
+class AuthorizeChargeStreamRequest(_message.Message):
+    """Items written together: the client puts every item waiting to be written into one message,
+    so under load one write carries many calls.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuthorizeChargeStreamItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___AuthorizeChargeStreamItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
 Global___AuthorizeChargeStreamRequest: _TypeAlias = AuthorizeChargeStreamRequest  # noqa: Y015
 
 @_typing.final
 class AuthorizeChargeStreamResponse(_message.Message):
-    """The answer to one AuthorizeChargeStreamRequest."""
+    """Answers sent together: every answer ready when the server writes, in one message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuthorizeChargeStreamAnswer]: ...
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___AuthorizeChargeStreamAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizeChargeStreamResponse: _TypeAlias = AuthorizeChargeStreamResponse  # noqa: Y015
+
+@_typing.final
+class AuthorizeChargeStreamAnswer(_message.Message):
+    """The answer to one AuthorizeChargeStreamItem."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -906,7 +952,7 @@ class AuthorizeChargeStreamResponse(_message.Message):
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
-Global___AuthorizeChargeStreamResponse: _TypeAlias = AuthorizeChargeStreamResponse  # noqa: Y015
+Global___AuthorizeChargeStreamAnswer: _TypeAlias = AuthorizeChargeStreamAnswer  # noqa: Y015
 
 @_typing.final
 class CaptureChargeRequest(_message.Message):

@@ -63,9 +63,9 @@ class BillingServiceStub:
     item. Delivery authorizes every message, and a unary call costs a Python gRPC client and server
     far more than one message on an open stream, so delivery keeps one of these open instead
     (BIZMSG_INTERNAL_STREAMS); AuthorizeCharge stays for everyone else. The token is checked when
-    the stream opens (and its expiry on every item). Each request is answered by one response with
-    its correlation_id, in any order: items run concurrently. A failed item does not end the
-    stream; its response carries the status the unary call would have failed with. When the service
+    the stream opens (and its expiry on every item). Each item is answered by one answer with its
+    correlation_id, in any order: items run concurrently. A failed item does not end the stream;
+    its answer carries the status the unary call would have failed with. When the service
     shuts down it answers the items it has read and ends the stream with OK; the client opens a new
     one.
     """
@@ -122,9 +122,9 @@ class BillingServiceAsyncStub(BillingServiceStub):
     item. Delivery authorizes every message, and a unary call costs a Python gRPC client and server
     far more than one message on an open stream, so delivery keeps one of these open instead
     (BIZMSG_INTERNAL_STREAMS); AuthorizeCharge stays for everyone else. The token is checked when
-    the stream opens (and its expiry on every item). Each request is answered by one response with
-    its correlation_id, in any order: items run concurrently. A failed item does not end the
-    stream; its response carries the status the unary call would have failed with. When the service
+    the stream opens (and its expiry on every item). Each item is answered by one answer with its
+    correlation_id, in any order: items run concurrently. A failed item does not end the stream;
+    its answer carries the status the unary call would have failed with. When the service
     shuts down it answers the items it has read and ends the stream with OK; the client opens a new
     one.
     """
@@ -232,9 +232,9 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         item. Delivery authorizes every message, and a unary call costs a Python gRPC client and server
         far more than one message on an open stream, so delivery keeps one of these open instead
         (BIZMSG_INTERNAL_STREAMS); AuthorizeCharge stays for everyone else. The token is checked when
-        the stream opens (and its expiry on every item). Each request is answered by one response with
-        its correlation_id, in any order: items run concurrently. A failed item does not end the
-        stream; its response carries the status the unary call would have failed with. When the service
+        the stream opens (and its expiry on every item). Each item is answered by one answer with its
+        correlation_id, in any order: items run concurrently. A failed item does not end the stream;
+        its answer carries the status the unary call would have failed with. When the service
         shuts down it answers the items it has read and ends the stream with OK; the client opens a new
         one.
         """

@@ -615,7 +615,7 @@ class CheckConsentResponse(_message.Message):
 Global___CheckConsentResponse: _TypeAlias = CheckConsentResponse  # noqa: Y015
 
 @_typing.final
-class CheckConsentStreamRequest(_message.Message):
+class CheckConsentStreamItem(_message.Message):
     """One CheckConsent on a CheckConsentStream."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -652,11 +652,57 @@ class CheckConsentStreamRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+Global___CheckConsentStreamItem: _TypeAlias = CheckConsentStreamItem  # noqa: Y015
+
+@_typing.final
+class CheckConsentStreamRequest(_message.Message):
+    """Items written together: the client puts every item waiting to be written into one message,
+    so under load one write carries many calls.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckConsentStreamItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___CheckConsentStreamItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
 Global___CheckConsentStreamRequest: _TypeAlias = CheckConsentStreamRequest  # noqa: Y015
 
 @_typing.final
 class CheckConsentStreamResponse(_message.Message):
-    """The answer to one CheckConsentStreamRequest."""
+    """Answers sent together: every answer ready when the server writes, in one message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckConsentStreamAnswer]: ...
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___CheckConsentStreamAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckConsentStreamResponse: _TypeAlias = CheckConsentStreamResponse  # noqa: Y015
+
+@_typing.final
+class CheckConsentStreamAnswer(_message.Message):
+    """The answer to one CheckConsentStreamItem."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -690,7 +736,7 @@ class CheckConsentStreamResponse(_message.Message):
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
-Global___CheckConsentStreamResponse: _TypeAlias = CheckConsentStreamResponse  # noqa: Y015
+Global___CheckConsentStreamAnswer: _TypeAlias = CheckConsentStreamAnswer  # noqa: Y015
 
 @_typing.final
 class RecordUserMessageRequest(_message.Message):

@@ -81,8 +81,8 @@ class ConsentServiceStub:
     call costs a Python gRPC client and server far more than one message on an open stream, so
     delivery keeps one of these open instead (BIZMSG_INTERNAL_STREAMS); CheckConsent stays for
     everyone else. The token is checked when the stream opens (and its expiry on every item).
-    Each request is answered by one response with its correlation_id, in any order: items run
-    concurrently. A failed item does not end the stream; its response carries the status the unary
+    Each item is answered by one answer with its correlation_id, in any order: items run
+    concurrently. A failed item does not end the stream; its answer carries the status the unary
     call would have failed with. When the service shuts down it answers the items it has read and
     ends the stream with OK; the client opens a new one.
     """
@@ -166,8 +166,8 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     call costs a Python gRPC client and server far more than one message on an open stream, so
     delivery keeps one of these open instead (BIZMSG_INTERNAL_STREAMS); CheckConsent stays for
     everyone else. The token is checked when the stream opens (and its expiry on every item).
-    Each request is answered by one response with its correlation_id, in any order: items run
-    concurrently. A failed item does not end the stream; its response carries the status the unary
+    Each item is answered by one answer with its correlation_id, in any order: items run
+    concurrently. A failed item does not end the stream; its answer carries the status the unary
     call would have failed with. When the service shuts down it answers the items it has read and
     ends the stream with OK; the client opens a new one.
     """
@@ -284,8 +284,8 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         call costs a Python gRPC client and server far more than one message on an open stream, so
         delivery keeps one of these open instead (BIZMSG_INTERNAL_STREAMS); CheckConsent stays for
         everyone else. The token is checked when the stream opens (and its expiry on every item).
-        Each request is answered by one response with its correlation_id, in any order: items run
-        concurrently. A failed item does not end the stream; its response carries the status the unary
+        Each item is answered by one answer with its correlation_id, in any order: items run
+        concurrently. A failed item does not end the stream; its answer carries the status the unary
         call would have failed with. When the service shuts down it answers the items it has read and
         ends the stream with OK; the client opens a new one.
         """
