@@ -131,7 +131,10 @@ def price(ranked: Sequence[Ranked], position: int, reserve_micros: int) -> Price
     """The second price of the bidder at `position`, against the one ranked after it."""
     winner = ranked[position]
     runner_up = ranked[position + 1].score if position + 1 < len(ranked) else Fraction(0)
-    threshold = max(runner_up, Fraction(reserve_micros))
+    # Ranked in order, the runner-up never scores above the winner; the min keeps the price
+    # at most the winner's own score should a caller's order ever be off (a serve that read
+    # its bidders in several statements while their click counts moved).
+    threshold = max(min(runner_up, winner.score), Fraction(reserve_micros))
     if winner.bidder.kind is BidKind.CPM:
         return Price(impression_micros=math.ceil(threshold / MILLE), click_micros=0)
     click = math.ceil(threshold / (MILLE * winner.ctr))

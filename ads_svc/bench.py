@@ -15,7 +15,9 @@ when some candidate needs it). "charged" counts the served ads that went through
 Requests ask for country DE, language de; the 10,000 campaigns are spread over 50 countries,
 so a request matches about 200 of them through the campaign_targets index (never the whole
 table). Each size prints one JSON line; --json also writes them all to a file
-(`bizmsg bench --scale` reads it).
+(`bizmsg bench --scale` reads it). The machine may be shared, so besides wall-clock figures
+each line has the CPU time per call: of the whole process (consent, billing, ads and this
+load generator) and of the ads service's own thread, which a busy neighbour does not inflate.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import asyncio
 import json
 import statistics
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -203,9 +206,13 @@ def run_one(size: int, seconds: float, concurrency: int, postgres: str | None) -
                     asyncio.run(seed(urls["ads"], size, account))
                     seeded = time.perf_counter() - t0
                     asyncio.run(load(ads.target, 1.0, concurrency))  # warm-up
-                    t0 = time.perf_counter()
+                    ads_thread = ads.run(_thread_ident())
+                    t0, cpu0 = time.perf_counter(), time.process_time()
+                    ads0 = _thread_cpu(ads_thread)
                     lat, fills, charged = asyncio.run(load(ads.target, seconds, concurrency))
                     elapsed = time.perf_counter() - t0
+                    cpu = time.process_time() - cpu0
+                    ads_cpu = _thread_cpu(ads_thread) - ads0
         finally:
             for dbname in created:
                 assert postgres is not None
@@ -222,7 +229,18 @@ def run_one(size: int, seconds: float, concurrency: int, postgres: str | None) -
         "throughput_rps": round(len(lat) / elapsed, 1),
         "p50_ms": round(q[49] * 1000, 2),
         "p99_ms": round(q[98] * 1000, 2),
+        "cpu_ms_per_call": round(cpu / len(lat) * 1000, 3),
+        "ads_thread_cpu_ms_per_call": round(ads_cpu / len(lat) * 1000, 3),
     }
+
+
+async def _thread_ident() -> int:
+    return threading.get_ident()
+
+
+def _thread_cpu(ident: int) -> float:
+    """CPU seconds used so far by the thread `ident` of this process."""
+    return time.clock_gettime(time.pthread_getcpuclockid(ident))
 
 
 async def _pg_admin(url: str, sql: str) -> None:

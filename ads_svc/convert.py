@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from ads_svc.campaign_rules import bid_kind
 from ads_svc.eligibility import Candidate
 from ads_svc.models import CampaignRow
-from ads_svc.store import AnyRow
 from bizmsg.ads.v1 import ads_pb2
 from bizmsg.common.v1 import common_pb2
 from bizmsg.kit.timeutil import from_timestamp, to_timestamp
@@ -84,8 +84,8 @@ def campaign_values(c: ads_pb2.Campaign) -> dict[str, Any]:
     }
 
 
-def candidate(r: AnyRow) -> Candidate:
-    """A candidate from a store.CANDIDATE_COLUMNS row (same field order as Candidate)."""
+def candidate(r: Sequence[Any]) -> Candidate:
+    """A candidate from the store.CANDIDATE_COLUMNS of a row (same field order as Candidate)."""
     campaign_id, bid_type, bid_micros, interests, *rest = r
     return Candidate(
         campaign_id,

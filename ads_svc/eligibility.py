@@ -104,6 +104,58 @@ def paced_in(c: Candidate, today: str, now: datetime, draw: Callable[[], float])
     return draw() < p
 
 
+class Filters:
+    """The filters of one serve, in the order they run (NoFill lists them in that order).
+
+    `first_failure` judges one candidate at a time, so a serve can stop once it has the
+    bidders it needs; `eligible` (all candidates at once) gives the same answers.
+    """
+
+    STAGES = (
+        NoFill.NO_MATCHING_CAMPAIGN,
+        NoFill.FREQUENCY_CAPPED,
+        NoFill.BUDGET_EXHAUSTED,
+        NoFill.PACED,
+        NoFill.ADVERTISER_CANNOT_PAY,
+    )
+
+    def __init__(
+        self,
+        who: Audience,
+        recent: Mapping[str, Sequence[datetime]],
+        now: datetime,
+        draw: Callable[[], float],
+    ) -> None:
+        self.who = who
+        self.recent = recent
+        self.now = now
+        self.today = pacing.day_key(now)
+        self.draw = draw
+
+    def first_failure(self, c: Candidate) -> int | None:
+        """The index in STAGES of the first filter that removes `c`; None if it passes all.
+        Pacing's coin is drawn only for a candidate that reaches it."""
+        if not matches_interests(c, self.who):
+            return 0
+        if capped(c, self.recent.get(c.campaign_id, ()), self.now):
+            return 1
+        if not has_budget(c, self.today):
+            return 2
+        if not paced_in(c, self.today, self.now, self.draw):
+            return 3
+        if c.unfunded_until is not None and c.unfunded_until > self.now:
+            return 4
+        return None
+
+
+def reason_for(candidates_seen: bool, worst_failure: int) -> NoFill:
+    """Why nothing passed: the last filter that removed everyone, i.e. the latest first
+    failure of any candidate (NO_MATCHING_CAMPAIGN when there was no candidate at all)."""
+    if not candidates_seen:
+        return NoFill.NO_MATCHING_CAMPAIGN
+    return Filters.STAGES[worst_failure]
+
+
 def eligible(
     candidates: Sequence[Candidate],
     who: Audience,
@@ -111,26 +163,20 @@ def eligible(
     now: datetime,
     draw: Callable[[], float],
 ) -> tuple[list[Candidate], NoFill]:
-    """The candidates that pass every filter, and the reason to give if there are none.
+    """The candidates that pass every filter, and the reason to give if there are none
+    (BELOW_RESERVE when some pass: then only the auction's reserve can refuse them all).
 
     `draw` returns a uniform number in [0, 1) for pacing's coin.
     """
-    today = pacing.day_key(now)
-    stages: list[tuple[NoFill, Callable[[Candidate], bool]]] = [
-        (NoFill.NO_MATCHING_CAMPAIGN, lambda c: matches_interests(c, who)),
-        (NoFill.FREQUENCY_CAPPED, lambda c: not capped(c, recent.get(c.campaign_id, ()), now)),
-        (NoFill.BUDGET_EXHAUSTED, lambda c: has_budget(c, today)),
-        (NoFill.PACED, lambda c: paced_in(c, today, now, draw)),
-        (
-            NoFill.ADVERTISER_CANNOT_PAY,
-            lambda c: c.unfunded_until is None or c.unfunded_until <= now,
-        ),
-    ]
-    remaining = list(candidates)
-    reason = NoFill.NO_MATCHING_CAMPAIGN
-    for stage_reason, keep in stages:
-        if not remaining:
-            break
-        remaining = [c for c in remaining if keep(c)]
-        reason = stage_reason
-    return remaining, reason if not remaining else NoFill.BELOW_RESERVE
+    filters = Filters(who, recent, now, draw)
+    passed: list[Candidate] = []
+    worst = 0
+    for c in candidates:
+        failure = filters.first_failure(c)
+        if failure is None:
+            passed.append(c)
+        else:
+            worst = max(worst, failure)
+    if passed:
+        return passed, NoFill.BELOW_RESERVE
+    return [], reason_for(bool(candidates), worst)

@@ -1,11 +1,13 @@
 """ServeAd: gather candidates, filter, run the auction, reserve the budget, charge.
 
-The hot path is one read transaction (replay check, candidates, the person's recent
-impressions when a cap needs them), the consent call only when some candidate targets
-interests, one write transaction (cap re-count, budget reservation, the impression, the
-day's stats and the stored response), and billing's ChargeAdEvent when the impression has a
-price. Budget reservation happens in the database (store.reserve_impression, a conditional
-UPDATE) before billing is asked, so budgets hold across concurrent serves and replicas.
+The hot path is one read transaction (replay check, the first page of candidates best first
+and the person's recent impressions of the capped ones among them: see shortlist.py, which
+reads further pages only when a serve needs more bidders), the consent call only when a
+candidate reached targets interests, one write transaction (cap re-count, budget
+reservation, the impression, the day's stats and the stored response), and billing's
+ChargeAdEvent when the impression has a price. Budget reservation happens in the database
+(store.reserve_impression, a conditional UPDATE) before billing is asked, so budgets hold
+across concurrent serves and replicas.
 
 Billing's answer decides what follows:
 - posted: the impression is noted for the batched PENDING -> CHARGED update;
@@ -22,17 +24,18 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ads_svc import auction, eligibility, pacing, store
 from ads_svc.confirmations import Confirmations
 from ads_svc.convert import candidate, money
-from ads_svc.eligibility import Candidate, NoFill
+from ads_svc.eligibility import Audience, Candidate, NoFill
 from ads_svc.models import CHARGED, FAILED, IDEMPOTENCY, PENDING
-from ads_svc.partners import Billing, Charge, Consent, Preferences
+from ads_svc.partners import Billing, Charge, Consent
 from ads_svc.settings import AdsSettings
+from ads_svc.shortlist import Page, Shortlist, first_page_limit
 from ads_svc.store import AnyRow
 from bizmsg.ads.v1 import ads_pb2
 from bizmsg.kit import idempotency
@@ -55,8 +58,6 @@ NO_FILL_REASONS = {
     NoFill.ADVERTISER_CANNOT_PAY: ads_pb2.NO_FILL_REASON_ADVERTISER_CANNOT_PAY,
     NoFill.BELOW_RESERVE: ads_pb2.NO_FILL_REASON_BELOW_RESERVE,
 }
-
-_NOT_PERSONALISED = Preferences(False, ())
 
 
 class _Replayed(Exception):
@@ -98,56 +99,80 @@ class Server:
 
     async def serve(self, request: ads_pb2.ServeAdRequest) -> ads_pb2.ServeAdResponse:
         now = self.clock.now()
+        limit = self.settings.candidate_limit  # how many matching campaigns one serve may judge
+
+        async def read(at_most: float | None, size: int) -> Page:
+            async with self.db.read() as session:
+                return await self._page(session, request, now, at_most, size)
+
         async with self.db.read() as session:
             stored = await self.idem.lookup(session, METHOD, request, ads_pb2.ServeAdResponse)
             if stored is not None:
                 return stored
-            rows = await store.candidates(
-                session,
-                request.context.country,
-                request.context.language,
-                now,
-                self.settings.candidate_limit,
-            )
-            cands = [candidate(r) for r in rows]
-            capped = [c for c in cands if c.cap_max_impressions > 0]
-            recent: dict[str, list[Any]] = {}
-            if capped:
-                longest = max(c.cap_period_days for c in capped)
-                recent = await store.recent_impressions(
-                    session,
-                    request.person_id,
-                    [c.campaign_id for c in capped],
-                    now - timedelta(days=longest),
-                )
-        # The preference only matters to campaigns that target interests: ask consent
-        # only then (and never for a person's on-device interests alone).
-        prefs = _NOT_PERSONALISED
-        if any(c.interests for c in cands):
+            first = await self._page(session, request, now, None, first_page_limit(limit))
+
+        async def ask_audience() -> Audience:
+            # Asked only when a campaign reached targets interests (consent is a remote call).
             prefs = await self.consent.ad_preferences(request.person_id)
-        who = eligibility.audience(
-            prefs.personalised, prefs.interests, list(request.context.interests)
-        )
-        passed, reason = eligibility.eligible(cands, who, recent, now, self.rng.random)
-        by_id = {c.campaign_id: c for c in passed}
-        ranked = auction.rank(
-            [
-                auction.Bidder(c.campaign_id, c.kind, c.bid_micros, c.impressions, c.clicks)
-                for c in passed
-            ],
-            self.settings.reserve_micros,
+            return eligibility.audience(
+                prefs.personalised, prefs.interests, list(request.context.interests)
+            )
+
+        bidders = Shortlist(
+            first,
+            read,
+            ask_audience,
+            limit=limit,
+            reserve_micros=self.settings.reserve_micros,
             seed=f"{request.person_id}|{request.request_id}",
+            now=now,
+            draw=self.rng.random,
         )
         try:
-            for position, bidder in enumerate(ranked):
-                price = auction.price(ranked, position, self.settings.reserve_micros)
-                outcome = await self._try(request, by_id[bidder.bidder.campaign_id], price)
+            position = 0
+            reason: NoFill | None = None
+            current = await bidders.bidder(0)
+            while current is not None:
+                after = await bidders.bidder(position + 1)
+                pair = [current.ranked] + ([after.ranked] if after is not None else [])
+                price = auction.price(pair, 0, self.settings.reserve_micros)
+                outcome = await self._try(request, current.candidate, price)
                 if isinstance(outcome, ads_pb2.ServeAdResponse):
                     return outcome
                 reason = outcome
+                position += 1
+                current = after
+            if reason is None:
+                reason = await bidders.no_fill_reason()
             return await self._no_fill(request, reason)
         except _Replayed as replay:
             return replay.response
+
+    async def _page(
+        self,
+        session: AsyncSession,
+        request: ads_pb2.ServeAdRequest,
+        now: datetime,
+        at_most: float | None,
+        limit: int,
+    ) -> Page:
+        """Matching campaigns (see store.candidates) and, in the same transaction, the
+        person's recent impressions of the frequency-capped ones: one statement each."""
+        rows = await store.candidates(
+            session, request.context.country, request.context.language, now, limit, at_most
+        )
+        cands = [(candidate(r[:-1]), float(r[-1])) for r in rows]
+        capped = [c for c, _ in cands if c.cap_max_impressions > 0]
+        recent: dict[str, list[datetime]] = {}
+        if capped:
+            longest = max(c.cap_period_days for c in capped)
+            recent = await store.recent_impressions(
+                session,
+                request.person_id,
+                [c.campaign_id for c in capped],
+                now - timedelta(days=longest),
+            )
+        return Page(cands, recent)
 
     async def _replay(self, request: ads_pb2.ServeAdRequest) -> _Replayed:
         async with self.db.read() as session:

@@ -142,7 +142,7 @@ _RANK_HINT = case(
 
 _NOW = bindparam("now", type_=CAMPAIGNS.c.start_time.type)
 _CANDIDATES = (
-    select(*CANDIDATE_COLUMNS)
+    select(*CANDIDATE_COLUMNS, _RANK_HINT.label("hint"))
     .join_from(CAMPAIGNS, TARGETS, TARGETS.c.campaign_id == _c.id)
     .where(
         TARGETS.c.country == bindparam("country"),
@@ -154,18 +154,31 @@ _CANDIDATES = (
     .order_by(_RANK_HINT.desc(), _c.id)
     .limit(bindparam("limit", type_=Integer))
 )
+_CANDIDATES_AT_MOST = _CANDIDATES.where(bindparam("at_most", type_=Float) >= _RANK_HINT)
 
 
 async def candidates(
-    session: AsyncSession, country: str, language: str, now: datetime, limit: int
+    session: AsyncSession,
+    country: str,
+    language: str,
+    now: datetime,
+    limit: int,
+    at_most: float | None = None,
 ) -> list[AnyRow]:
     """Active, in-schedule campaigns targeting this country and language (or any language),
-    found through the campaign_targets primary key; the `limit` best by estimated score.
-    Rows of CANDIDATE_COLUMNS."""
-    result = await session.execute(
-        _CANDIDATES,
-        {"country": country, "language": language or ANY_LANGUAGE, "now": now, "limit": limit},
-    )
+    found through the campaign_targets primary key: the `limit` best by estimated score
+    (only those estimated at most `at_most`, if given), best first. Rows of
+    CANDIDATE_COLUMNS followed by the estimate ("hint", a float that only orders them)."""
+    params: dict[str, Any] = {
+        "country": country,
+        "language": language or ANY_LANGUAGE,
+        "now": now,
+        "limit": limit,
+    }
+    if at_most is None:
+        result = await session.execute(_CANDIDATES, params)
+    else:
+        result = await session.execute(_CANDIDATES_AT_MOST, {**params, "at_most": at_most})
     return list(result.all())
 
 

@@ -282,7 +282,7 @@ def table(report: dict[str, Any]) -> str:
         "per s: calls (billing: authorize+capture pairs) per second. Ratios: per s small/large,",
         "the others large/small, so above 1 is worse at the large size. A bench passes when per s,",
         f"p50 and p99 are all within {TARGET}x. CPU ms: CPU of the bench's whole process (service",
-        "and load threads) per call; only consent's bench measures it.",
+        "and load threads) per call; consent's and ads' benches measure it.",
     ]
     return "\n".join(lines)
 

@@ -252,3 +252,37 @@ def test_a_refused_click_charge_leaves_the_click_free_and_stops_the_campaign(
     assert stack.get(c.campaign_id).spend == eur(0) and stack.debited(broke) == 0
     r = stack.serve("bob")
     assert r.no_fill.reason == pb.NO_FILL_REASON_ADVERTISER_CANNOT_PAY
+
+
+def test_many_tied_campaigns_give_the_winner_and_price_of_ranking_them_all(stack: Stack) -> None:
+    # 30 campaigns score exactly 2.00 per 1,000 (CPM 2.00, and CPC 0.10 at the 2 % prior):
+    # a run of equal scores longer than the first page a serve reads. The winner and its
+    # price must be those of ranking every matching campaign at once.
+    from ads_svc import auction
+
+    wallet = stack.wallet("adv1", 10**12)
+    bidders: dict[str, auction.Bidder] = {}
+    for bid_type, bid, n in (
+        (pb.BID_TYPE_CPM, 2_000_000, 20),
+        (pb.BID_TYPE_CPM, 1_000_000, 10),
+        (pb.BID_TYPE_CPC, 100_000, 10),
+    ):
+        for _ in range(n):
+            c = stack.create("adv1", wallet, bid_type=bid_type, bid=eur(bid))
+            kind = auction.BidKind.CPM if bid_type == pb.BID_TYPE_CPM else auction.BidKind.CPC
+            bidders[c.campaign_id] = auction.Bidder(c.campaign_id, kind, bid)
+    stack.clock.set(LATE)
+    for n in range(6):
+        request_id = rid()
+        ranked = auction.rank(list(bidders.values()), 100_000, seed=f"p{n}|{request_id}")
+        want = auction.price(ranked, 0, 100_000)
+        ad = stack.serve(f"p{n}", request_id=request_id).ad
+        assert ad.campaign_id == ranked[0].bidder.campaign_id
+        assert (ad.price.amount_micros, ad.click_price.amount_micros) == (
+            want.impression_micros,
+            want.click_micros,
+        )
+        won = bidders[ad.campaign_id]
+        bidders[ad.campaign_id] = auction.Bidder(
+            won.campaign_id, won.kind, won.bid_micros, won.impressions + 1, won.clicks
+        )
