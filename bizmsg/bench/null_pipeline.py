@@ -20,6 +20,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from bizmsg.kit.config import Settings
+from bizmsg.kit.server import loop_factory
+
 FRONT_SERVICE, FRONT_METHOD = "bizmsg.delivery.v1.DeliveryService", "SendMessage"
 CONSENT_PATH = "/bizmsg.consent.v1.ConsentService/CheckConsent"
 BILLING_PATH = "/bizmsg.billing.v1.BillingService/AuthorizeCharge"
@@ -119,7 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     ns = parser.parse_args(argv)
     if ns.role == "front" and not (ns.consent and ns.billing):
         parser.error("the front needs --consent and --billing")
-    asyncio.run(serve(ns.role, ns.port, ns.consent, ns.billing))
+    # The same event loop as the services (bizmsg.kit.server): the same process layout.
+    with asyncio.Runner(loop_factory=loop_factory(Settings())) as runner:
+        runner.run(serve(ns.role, ns.port, ns.consent, ns.billing))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,13 @@ class Settings:
         return float(self._get("BIZMSG_CALL_TIMEOUT", "5"))
 
     @property
+    def uvloop(self) -> bool:
+        """Whether a service runs on uvloop (where installed) rather than asyncio's own loop.
+        BIZMSG_UVLOOP=0 turns it off."""
+        value = self._get("BIZMSG_UVLOOP", "1").strip().lower()
+        return value not in ("0", "false", "no", "off")
+
+    @property
     def internal_streams(self) -> bool:
         """Whether calls made for every request (delivery's CheckConsent and AuthorizeCharge) go as
         items on one long-lived stream per dependency (kit/multiplex.py) rather than one unary

@@ -207,12 +207,26 @@ async def serve(definition: ServiceDefinition, settings: Settings) -> bool:
     return not stuck
 
 
+def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop (libuv's event loop, in C) where it is installed: every call wakes the loop several
+    times (network, tasks, futures, the multiplexed streams), and uvloop spends less CPU on each;
+    measured with `bizmsg bench`, about a tenth of delivery's CPU per message. asyncio's own
+    loop otherwise (BIZMSG_UVLOOP=0 forces it)."""
+    if not settings.uvloop:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(definition: ServiceDefinition) -> None:
     """Entry point of `python -m <service>_svc`."""
     settings = Settings()
     logs.configure(settings.log_level, definition.name)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with asyncio.Runner() as runner:
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
         if not runner.run(serve(definition, settings)):
             # Drained and committed work is safe; do not hang on a task that ignores cancel.
             logging.shutdown()

@@ -119,3 +119,23 @@ def test_cached_token_still_expires() -> None:
     _time.sleep(1.2)
     with pytest.raises(errors.Unauthenticated):
         authority.verify(token)
+
+
+def test_services_run_on_uvloop_unless_turned_off() -> None:
+    import asyncio
+
+    import uvloop
+
+    from bizmsg.kit.config import Settings
+    from bizmsg.kit.server import loop_factory
+
+    factory = loop_factory(Settings(env={}))
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+    assert loop_factory(Settings(env={"BIZMSG_UVLOOP": "0"})) is None
+    with asyncio.Runner(loop_factory=loop_factory(Settings(env={"BIZMSG_UVLOOP": "0"}))) as r:
+        assert not isinstance(r.get_loop(), uvloop.Loop)
