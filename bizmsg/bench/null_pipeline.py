@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bizmsg.kit.config import Settings
-from bizmsg.kit.server import loop_factory
+from bizmsg.kit.loop import loop_factory
 
 FRONT_SERVICE, FRONT_METHOD = "bizmsg.delivery.v1.DeliveryService", "SendMessage"
 CONSENT_PATH = "/bizmsg.consent.v1.ConsentService/CheckConsent"

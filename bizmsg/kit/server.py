@@ -26,6 +26,7 @@ from bizmsg.kit.auth import TokenAuthority
 from bizmsg.kit.clients import Channels, server_credentials
 from bizmsg.kit.clock import Clock, OffsetFileClock, SystemClock
 from bizmsg.kit.config import Settings
+from bizmsg.kit.loop import loop_factory
 from bizmsg.kit.storage import Database
 
 log = logging.getLogger("bizmsg.server")
@@ -205,20 +206,6 @@ async def serve(definition: ServiceDefinition, settings: Settings) -> bool:
         )
     log.info("stopped")
     return not stuck
-
-
-def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop (libuv's event loop, in C) where it is installed: every call wakes the loop several
-    times (network, tasks, futures, the multiplexed streams), and uvloop spends less CPU on each;
-    measured with `bizmsg bench`, about a tenth of delivery's CPU per message. asyncio's own
-    loop otherwise (BIZMSG_UVLOOP=0 forces it)."""
-    if not settings.uvloop:
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def main(definition: ServiceDefinition) -> None:

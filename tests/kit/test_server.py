@@ -127,7 +127,7 @@ def test_services_run_on_uvloop_unless_turned_off() -> None:
     import uvloop
 
     from bizmsg.kit.config import Settings
-    from bizmsg.kit.server import loop_factory
+    from bizmsg.kit.loop import loop_factory
 
     factory = loop_factory(Settings(env={}))
     assert factory is not None
