@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Collection
 from typing import Any, Protocol
@@ -63,6 +64,12 @@ class _EnumType(Protocol):
     def values(self) -> list[int]: ...
 
 
+@functools.cache
+def _known_values(enum_type: Any) -> frozenset[int]:
+    # EnumTypeWrapper.values() builds a new list on every call; an enum's values never change.
+    return frozenset(enum_type.values())
+
+
 def check_enum(
     v: Validator,
     field: str,
@@ -74,7 +81,7 @@ def check_enum(
     """Reject the zero value, values the enum does not know, and values not in `allowed`."""
     if value == 0:
         v.add(field, "is required")
-    elif value not in enum_type.values():
+    elif value not in _known_values(enum_type):
         v.add(field, f"unknown value {value}")
     elif allowed is not None and value not in allowed:
         v.add(field, f"{enum_type.Name(value)} is not allowed here")
