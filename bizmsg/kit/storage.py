@@ -114,6 +114,14 @@ class Database:
         self._batch = []
         self._batcher: asyncio.Future[None] | None = None
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # connect(): SQLite's driver opens no transaction for prepared statements anyway; on
+        # PostgreSQL, AUTOCOMMIT spares each checkout the BEGIN and ROLLBACK round trips that
+        # SQLAlchemy's asyncpg adapter would wrap around single reads.
+        self._single_reads = (
+            self.engine
+            if self.dialect == "sqlite"
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -198,10 +206,10 @@ class Database:
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A connection outside any transaction, for single reads by prepared statements
-        (bizmsg.kit.prepared): on SQLite each statement reads the newest committed state, with
-        no BEGIN/COMMIT and no session around it. Not for several reads that must agree: use
+        (bizmsg.kit.prepared): each statement reads the newest committed state, with no
+        BEGIN/COMMIT and no session around it. Not for several reads that must agree: use
         read() for a snapshot."""
-        conn = await self.engine.connect()
+        conn = await self._single_reads.connect()
         try:
             yield conn
         finally:
