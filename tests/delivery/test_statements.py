@@ -1,12 +1,12 @@
 """What delivery asks its database per call, pinned so that it cannot silently grow back.
 
 Delivery runs in this process (ServiceThread, on a fresh database of the stack's backend)
-against the stack's real consent and billing processes, and every SQL statement its engine
-sends is recorded with the asyncio task that sent it. The background jobs (outbox relay,
-expiry sweep) run in tasks named after them, so a call's own statements are told apart from
-theirs. On SQLite the counts include each transaction's BEGIN (a round trip to the driver's
-thread like any statement); PostgreSQL begins without one. COMMIT is not a cursor statement
-on either.
+against the stack's real consent and billing processes, and every SQL statement it sends is
+recorded with the asyncio task that sent it: on SQLite every statement the driver runs
+(prepared statements skip SQLAlchemy; bizmsg.kit.sqlite_inline.traced), on PostgreSQL every
+statement SQLAlchemy sends. The background jobs (outbox relay, expiry sweep) run in tasks
+named after them, so a call's own statements are told apart from theirs. Transaction control
+(BEGIN, COMMIT, savepoints) is not counted.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from bizmsg.delivery.v1 import delivery_pb2, delivery_pb2_grpc
+from bizmsg.kit import sqlite_inline
 from bizmsg.kit.testing import ServiceThread, metadata_for
 from delivery_svc.app import DEFINITION
 from delivery_svc.models import OutboxItem
@@ -42,17 +43,18 @@ from tests.delivery.helpers import (
 )
 
 BACKGROUND = {"outbox-relay", "expiry-sweep"}
-# Statements per call, foreground only; SQLite's include two BEGINs (send) or one (ack).
+# Statements per call, foreground only.
 # Send: the idempotency replay, the recipient's devices with the limits (read); the
 # idempotency record, the sender's sequence number, the counters, message, envelope,
 # ACCEPTED event (write). The first message to a person (outside a window) also records the
 # conversation start and, on a limited tier (the default, 250), counts the day's others.
-SEND = {"sqlite": 10, "postgresql": 8}
-FIRST_SEND = {"sqlite": 12, "postgresql": 10}
+SEND = {"sqlite": 8, "postgresql": 8}
+FIRST_SEND = {"sqlite": 10, "postgresql": 10}
 # Ack: the idempotency replay, the waiting messages, the sender locked, envelopes deleted,
 # status moved, DELIVERED event, sender's sequence, CAPTURE outbox row, idempotency record.
-ACK = {"sqlite": 10, "postgresql": 9}
+ACK = {"sqlite": 9, "postgresql": 9}
 WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE|BEGIN IMMEDIATE)\b", re.IGNORECASE)
+CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
 
 
 @dataclass
@@ -64,6 +66,11 @@ class Recorder:
     seen: list[str] = field(default_factory=list)  # every statement taken so far
 
     def __call__(self, conn: Any, cursor: Any, sql: str, params: Any, ctx: Any, many: bool) -> None:
+        self.record(sql, params)
+
+    def record(self, sql: str, params: Any = None) -> None:
+        if CONTROL.match(sql):
+            return
         try:
             task = asyncio.current_task()
         except RuntimeError:
@@ -112,8 +119,13 @@ def delivery(
     )
     try:
         with svc:
-            event.listen(svc.runtime.db.engine.sync_engine, "before_cursor_execute", recorder)
-            yield svc, recorder, backend, url
+            db = svc.runtime.db
+            if backend == "sqlite":
+                with sqlite_inline.traced(db.path, recorder.record):
+                    yield svc, recorder, backend, url
+            else:
+                event.listen(db.engine.sync_engine, "before_cursor_execute", recorder)
+                yield svc, recorder, backend, url
     finally:
         if dbname:
             asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
@@ -158,6 +170,8 @@ def test_statements_per_send_ack_and_idle_relay(
         send_sql = foreground(recorder.take())
         assert len(first_sql) <= FIRST_SEND[backend], pformat(first_sql)
         assert len(send_sql) <= SEND[backend], pformat(send_sql)
+        # The recorder sees the prepared statements too (they skip SQLAlchemy on SQLite).
+        assert any(sql.lstrip().startswith("INSERT INTO messages") for sql in send_sql), send_sql
 
         stub.AckMessages(
             delivery_pb2.AckMessagesRequest(
@@ -197,16 +211,13 @@ async def _outbox_empty(svc: ServiceThread) -> bool:
 
 def _assert_no_table_scans(url: str, statements: list[str]) -> None:
     """EXPLAIN QUERY PLAN of each distinct statement: no full scan of a table ("SCAN t"
-    without an index). Parameters are NULL: the plan does not depend on their values."""
+    without an index). SQLite traces statements with their values in place."""
     path = url.split(":///", 1)[1]
     conn = sqlite3.connect(path)
     try:
         scans: dict[str, list[str]] = {}
         for sql in dict.fromkeys(statements):
-            if sql.strip().upper() in ("BEGIN", "BEGIN IMMEDIATE"):
-                continue
-            params = [None] * sql.count("?")
-            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
             full = [p for p in plan if re.fullmatch(r"SCAN \w+", p)]
             if full:
                 scans[sql] = plan
