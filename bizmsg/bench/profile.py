@@ -36,7 +36,7 @@ if _out:
             _counts[re.sub(r"\s+", " ", statement.strip())[:120]] += 1
 
         # SQLite: every statement its driver runs (bizmsg.kit.prepared skips SQLAlchemy);
-        # PostgreSQL: what SQLAlchemy sends.
+        # PostgreSQL: what SQLAlchemy sends, and bizmsg.kit.prepared's statements.
         @event.listens_for(Engine, "before_cursor_execute")
         def _count(conn, cursor, statement, parameters, context, executemany):
             if conn.dialect.name != "sqlite":
@@ -54,6 +54,10 @@ if _out:
 
         _tracing = sqlite_inline.traced(sqlite_inline.ANY_FILE, _count_sqlite)  # kept: the
         _tracing.__enter__()  # block stays open for the life of the process
+        from bizmsg.kit import prepared
+
+        _tracing_pg = prepared.traced(None, _add)  # prepared statements on PostgreSQL
+        _tracing_pg.__enter__()
     except Exception as e:  # the service must start even if counting cannot
         print("bizmsg bench sql counter off:", e, file=sys.stderr)
 

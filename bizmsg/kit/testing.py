@@ -18,7 +18,7 @@ import grpc
 from google.rpc import error_details_pb2
 from sqlalchemy import event
 
-from bizmsg.kit import sqlite_inline
+from bizmsg.kit import prepared, sqlite_inline
 from bizmsg.kit.auth import TokenAuthority
 from bizmsg.kit.clock import Clock
 from bizmsg.kit.config import DEV_TOKEN_SECRET, Settings
@@ -44,8 +44,8 @@ _TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 def sql_statements(db: Database) -> Iterator[list[str]]:
     """The SQL statements a service's database sees while the block runs, transaction control
     (BEGIN, COMMIT, savepoints) left out: on SQLite every statement the driver runs, whether
-    SQLAlchemy or bizmsg.kit.prepared sent it; on PostgreSQL what SQLAlchemy sends (prepared
-    statements go through it there)."""
+    SQLAlchemy or bizmsg.kit.prepared sent it; on PostgreSQL what SQLAlchemy and
+    bizmsg.kit.prepared send."""
     seen: list[str] = []
 
     def add(sql: str) -> None:
@@ -63,7 +63,8 @@ def sql_statements(db: Database) -> Iterator[list[str]]:
     engine = db.engine.sync_engine
     event.listen(engine, "before_cursor_execute", on_execute)
     try:
-        yield seen
+        with prepared.traced(engine.pool, add):
+            yield seen
     finally:
         event.remove(engine, "before_cursor_execute", on_execute)
 

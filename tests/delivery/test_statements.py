@@ -3,10 +3,11 @@
 Delivery runs in this process (ServiceThread, on a fresh database of the stack's backend)
 against the stack's real consent and billing processes, and every SQL statement it sends is
 recorded with the asyncio task that sent it: on SQLite every statement the driver runs
-(prepared statements skip SQLAlchemy; bizmsg.kit.sqlite_inline.traced), on PostgreSQL every
-statement SQLAlchemy sends. The background jobs (outbox relay, expiry sweep) run in tasks
-named after them, so a call's own statements are told apart from theirs. Transaction control
-(BEGIN, COMMIT, savepoints) is not counted.
+(bizmsg.kit.sqlite_inline.traced), on PostgreSQL every statement SQLAlchemy or
+bizmsg.kit.prepared sends (prepared statements skip SQLAlchemy on both). The background jobs
+(outbox relay, expiry sweep) run in tasks named after them, so a call's own statements are
+told apart from theirs. Transaction control (BEGIN, COMMIT, savepoints) and a new
+connection's PRAGMAs are not counted.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from bizmsg.delivery.v1 import delivery_pb2, delivery_pb2_grpc
-from bizmsg.kit import sqlite_inline
+from bizmsg.kit import prepared, sqlite_inline
 from bizmsg.kit.testing import ServiceThread, metadata_for
 from delivery_svc.app import DEFINITION
 from delivery_svc.models import OutboxItem
@@ -54,7 +55,8 @@ FIRST_SEND = {"sqlite": 10, "postgresql": 10}
 # status moved, DELIVERED event, sender's sequence, CAPTURE outbox row, idempotency record.
 ACK = {"sqlite": 9, "postgresql": 9}
 WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE|BEGIN IMMEDIATE)\b", re.IGNORECASE)
-CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
+# Not counted: transaction control, and a new connection's set-up.
+CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|PRAGMA)\b", re.IGNORECASE)
 
 
 @dataclass
@@ -125,7 +127,8 @@ def delivery(
                     yield svc, recorder, backend, url
             else:
                 event.listen(db.engine.sync_engine, "before_cursor_execute", recorder)
-                yield svc, recorder, backend, url
+                with prepared.traced(db.engine.sync_engine.pool, recorder.record):
+                    yield svc, recorder, backend, url
     finally:
         if dbname:
             asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
@@ -170,7 +173,7 @@ def test_statements_per_send_ack_and_idle_relay(
         send_sql = foreground(recorder.take())
         assert len(first_sql) <= FIRST_SEND[backend], pformat(first_sql)
         assert len(send_sql) <= SEND[backend], pformat(send_sql)
-        # The recorder sees the prepared statements too (they skip SQLAlchemy on SQLite).
+        # The recorder sees the prepared statements too (they skip SQLAlchemy).
         assert any(sql.lstrip().startswith("INSERT INTO messages") for sql in send_sql), send_sql
 
         stub.AckMessages(

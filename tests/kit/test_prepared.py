@@ -68,3 +68,34 @@ def test_prepared_matches_sqlalchemy(database_url: str) -> None:
             await db.dispose()
 
     asyncio.run(go())
+
+
+def test_prepared_statements_are_part_of_the_callers_transaction(database_url: str) -> None:
+    """A prepared write inside write() is rolled back with it (on PostgreSQL the driver-level
+    statement must run in the transaction SQLAlchemy began, which asyncpg's adapter opens
+    lazily); one on connect() stands alone."""
+
+    class Boom(Exception):
+        pass
+
+    async def go() -> None:
+        db = Database(database_url)
+        async with db.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        try:
+            with pytest.raises(Boom):
+                async with db.write() as s:
+                    await INSERT.execute(await s.connection(), {"id": 7, "name": "gone"})
+                    raise Boom
+            async with db.write() as s:  # first statement of a transaction, then a rollback
+                await s.execute(select(ITEMS.c.id))
+                await INSERT.execute(await s.connection(), {"id": 8, "name": "kept"})
+            async with db.connect() as conn:
+                await INSERT.execute(conn, {"id": 9, "name": "alone"})
+            async with db.read() as s:
+                ids = set((await s.execute(select(ITEMS.c.id))).scalars())
+            assert ids == {8, 9}
+        finally:
+            await db.dispose()
+
+    asyncio.run(go())
