@@ -177,3 +177,9 @@ async def _run(conn: AsyncConnection, c: _Compiled, args: list[Any], kind: str) 
             except Exception as dbapi_error:
                 raise DBAPIError.instance(c.sql, args, dbapi_error, adapted.dbapi.Error) from e
             raise
+        except BaseException as e:
+            # Cancelled mid-statement (the caller went away): what the connection is doing now
+            # is unknown, so it must not go back to the pool. SQLAlchemy does the same for its
+            # own statements; without it a later transaction can wait on this one's locks.
+            conn.sync_connection.invalidate(e)  # type: ignore[union-attr,arg-type]
+            raise

@@ -6,7 +6,19 @@ import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, bindparam, select, update
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from bizmsg.kit.prepared import Prepared
@@ -95,6 +107,46 @@ def test_prepared_statements_are_part_of_the_callers_transaction(database_url: s
             async with db.read() as s:
                 ids = set((await s.execute(select(ITEMS.c.id))).scalars())
             assert ids == {8, 9}
+        finally:
+            await db.dispose()
+
+    asyncio.run(go())
+
+
+def test_a_statement_cancelled_midway_leaves_no_connection_behind(database_url: str) -> None:
+    """A caller that goes away while its prepared statement runs must not leave its connection
+    in the pool: asyncpg cannot roll that transaction back while the statement is in flight, so
+    the connection would go back still holding the transaction's row locks, and the next
+    writer of those rows would wait for ever."""
+    if "sqlite" in database_url:
+        pytest.skip("SQLite statements run to the end without suspending: nothing to cancel")
+    sleep = Prepared(select(func.pg_sleep(bindparam("seconds", type_=Float))))
+
+    async def go() -> None:
+        db = Database(database_url, pool_size=1)
+        async with db.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        try:
+            async with db.write() as s:
+                await INSERT.execute(await s.connection(), {"id": 1, "name": "a"})
+            started = asyncio.Event()
+
+            async def lock_then_sleep() -> None:
+                async with db.write() as s:
+                    conn = await s.connection()
+                    await RENAME.execute(conn, {"old": "a", "new": "locked"})  # row 1 locked
+                    started.set()
+                    await sleep.rows(conn, {"seconds": 2.0})  # cancelled in here
+
+            task = asyncio.create_task(lock_then_sleep())
+            await started.wait()
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with asyncio.timeout(5):  # the row is free again: its lock went with it
+                async with db.write() as s:
+                    assert await RENAME.execute(await s.connection(), {"old": "a", "new": "b"}) == 1
         finally:
             await db.dispose()
 
