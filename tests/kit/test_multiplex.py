@@ -437,7 +437,12 @@ def test_a_principal_refused_by_the_unary_method_is_refused_for_each_item(
 
 def test_an_unauthenticated_stream_is_refused(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
+        answered = asyncio.Event()
+
         async def items() -> AsyncIterator[pb.CheckConsentStreamRequest]:
+            # Nothing is written before the refusal: grpc.aio may turn a refusal that races a
+            # write into INTERNAL (which is why StreamClient waits for the accept marker).
+            await answered.wait()
             yield pb.CheckConsentStreamRequest(
                 items=[
                     pb.CheckConsentStreamItem(correlation_id=1, request=pb.CheckConsentRequest())
@@ -446,6 +451,7 @@ def test_an_unauthenticated_stream_is_refused(tmp_path: Path) -> None:
 
         stream = h.stub.CheckConsentStream(items())  # no token
         e = await raises(stream.read())
+        answered.set()
         assert e.code() == grpc.StatusCode.UNAUTHENTICATED
         assert error_info(e) == ("TOKEN_MISSING", {})
         # Through the client: its items fail as a unary call with a bad token would.
