@@ -8,21 +8,17 @@ single read goes one step further (see `RelationReader`).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import LargeBinary, Row, Table, bindparam, case, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import asyncpg
-from sqlalchemy.dialects.sqlite import aiosqlite
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from bizmsg.kit.clock import Clock
 from bizmsg.kit.idempotency import forget
+from bizmsg.kit.prepared import Prepared
 from bizmsg.kit.storage import Database, UTCDateTime
 from consent_svc.models import (
     ErasureAnswer,
@@ -141,65 +137,28 @@ _STATE = select(
 _STATE_FOR_UPDATE = _STATE.with_for_update()
 
 
-@dataclass(frozen=True)
-class _Compiled:
-    sql: str
-    processors: tuple[Callable[[Any], Any] | None, ...]
-
-
-def _compile(dialect: Dialect) -> _Compiled:
-    c = _STATE.compile(dialect=dialect)
-    assert c.positiontup == ["ph", "biz"]
-    procs = tuple(
-        col.type.dialect_impl(dialect).result_processor(dialect, None)
-        for col in _STATE.selected_columns
-    )
-    return _Compiled(str(c), procs)
-
-
-_COMPILED = {
-    "sqlite": _compile(aiosqlite.dialect()),
-    "postgresql": _compile(asyncpg.dialect()),  # type: ignore[no-untyped-call]
-}
-
-
 class RelationReader:
-    """CheckConsent's one read: one row by primary key, as one statement on the driver.
+    """CheckConsent's one read: one row by primary key, as one prepared statement on the
+    driver (bizmsg.kit.prepared).
 
-    No transaction is opened: a single SELECT is atomic and, in autocommit, reads the newest
-    committed state when it starts (SQLite WAL: a fresh read snapshot per statement; PostgreSQL:
-    READ COMMITTED's per-statement snapshot), so everything committed before it started, such
-    as a revocation that has returned, is seen. A BEGIN/COMMIT around it would add two
-    statements and guarantee nothing more. The connection comes
-    from the kit's pool; the statement is the Core one above, compiled once, and the values
-    go through the columns' own result processors (UTCDateTime, Boolean), so rows read here
-    equal rows read through SQLAlchemy.
+    No transaction is opened (Database.connect): a single SELECT is atomic and, in
+    autocommit, reads the newest committed state when it starts (SQLite WAL: a fresh read
+    snapshot per statement; PostgreSQL: READ COMMITTED's per-statement snapshot), so everything
+    committed before it started, such as a revocation that has returned, is seen. A
+    BEGIN/COMMIT around it would add two statements and guarantee nothing more.
     """
 
+    _STATE = Prepared(_STATE)
+
     def __init__(self, db: Database) -> None:
-        self._engine = db.engine
-        self._compiled = _COMPILED[db.dialect]
-        self._sqlite = db.dialect == "sqlite"
+        self._db = db
 
     async def state(self, person_hash: str, business_id: str) -> tuple[Any, ...] | None:
-        conn = await self._engine.connect()
-        try:
-            driver: Any = (await conn.get_raw_connection()).driver_connection
-            if self._sqlite:
-                # bizmsg.kit.sqlite_inline: execute and fetch in one call.
-                rows = list(
-                    await driver.execute_fetchall(self._compiled.sql, (person_hash, business_id))
-                )
-                row = rows[0] if rows else None
-            else:
-                row = await driver.fetchrow(self._compiled.sql, person_hash, business_id)
-        finally:
-            # A cancelled call still gives the connection back to the pool.
-            await asyncio.shield(conn.close())
-        if row is None:
-            return None
-        procs = self._compiled.processors
-        return tuple(v if p is None else p(v) for v, p in zip(tuple(row), procs, strict=True))
+        async with self._db.connect() as conn:
+            row: tuple[Any, ...] | None = await self._STATE.first(
+                conn, {"ph": person_hash, "biz": business_id}
+            )
+        return row
 
 
 async def relation_state(
