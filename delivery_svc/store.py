@@ -54,49 +54,18 @@ def _insert(db: AsyncSession | AsyncConnection, table: Any) -> Any:
     return sqlite.insert(table)
 
 
-@dataclass(frozen=True)
-class _Upserts:
-    """The hot INSERT ... ON CONFLICT statements of one dialect."""
-
-    next_seq: Any
-    bump_counters: Any
-    start_conversation: Any
-
-
-def _build_upserts(insert: Any) -> _Upserts:
-    now = bindparam("now", type_=UTCDateTime())
-    return _Upserts(
-        next_seq=insert(Sender)
+# The hot INSERT ... ON CONFLICT statements, built per dialect (the clause is dialect-specific).
+def _next_seq(insert: Any) -> Any:
+    return (
+        insert(Sender)
         .values(sender=bindparam("sender"), last_seq=1)
         .on_conflict_do_update(index_elements=["sender"], set_={"last_seq": Sender.last_seq + 1})
-        .returning(Sender.last_seq),
-        # Rows come as executemany parameters: one statement ("insertmanyvalues").
-        bump_counters=insert(RateCounter)
-        .on_conflict_do_update(
-            index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1}
-        )
-        .returning(RateCounter.key, RateCounter.count),
-        start_conversation=insert(ConversationStart)
-        .values(
-            business_id=bindparam("business_id"), person_id=bindparam("person_id"), start_time=now
-        )
-        .on_conflict_do_update(
-            index_elements=["business_id", "person_id"],
-            set_={"start_time": now},
-            where=ConversationStart.start_time <= bindparam("since", type_=UTCDateTime()),
-        )
-        .returning(ConversationStart.start_time),
+        .returning(Sender.last_seq)
     )
 
 
-_UPSERTS = {
-    "sqlite": _build_upserts(sqlite.insert),
-    "postgresql": _build_upserts(postgresql.insert),
-}
-
-
-def _bump_two(insert: Any) -> Any:
-    """bump_counters for the two counters of a send, as one statement with fixed parameters."""
+def _bump_counters(insert: Any) -> Any:
+    """A send's two counters (limits.counters) bumped in one statement with fixed parameters."""
     rows = [
         {"key": bindparam(f"key{i}"), "window_start": bindparam(f"window{i}"), "count": 1}
         for i in (0, 1)
@@ -111,21 +80,33 @@ def _bump_two(insert: Any) -> Any:
     )
 
 
+def _start_conversation(insert: Any) -> Any:
+    now = bindparam("now", type_=UTCDateTime())
+    return (
+        insert(ConversationStart)
+        .values(
+            business_id=bindparam("business_id"), person_id=bindparam("person_id"), start_time=now
+        )
+        .on_conflict_do_update(
+            index_elements=["business_id", "person_id"],
+            set_={"start_time": now},
+            where=ConversationStart.start_time <= bindparam("since", type_=UTCDateTime()),
+        )
+        .returning(ConversationStart.start_time)
+    )
+
+
 def _prepared(build: Callable[[Any], Any]) -> Prepared:
     return Prepared(build(sqlite.insert), postgresql=build(postgresql.insert))
 
 
-# What every send runs (see bizmsg.kit.prepared: straight on SQLite's driver).
-_P_NEXT_SEQ = _prepared(lambda insert: _build_upserts(insert).next_seq)
-_P_BUMP_TWO = _prepared(_bump_two)
-_P_START_CONVERSATION = _prepared(lambda insert: _build_upserts(insert).start_conversation)
+# What every send runs (see bizmsg.kit.prepared: straight on the driver).
+_P_NEXT_SEQ = _prepared(_next_seq)
+_P_BUMP_COUNTERS = _prepared(_bump_counters)
+_P_START_CONVERSATION = _prepared(_start_conversation)
 _P_INSERT_MESSAGE = Prepared(_INSERT_MESSAGE)
 _P_INSERT_ENVELOPES = Prepared(_INSERT_ENVELOPES)
 _P_INSERT_EVENTS = Prepared(_INSERT_EVENTS)
-
-
-def _upserts(conn: AsyncConnection) -> _Upserts:
-    return _UPSERTS[conn.dialect.name]
 
 
 # --- key directory ---------------------------------------------------------------------------
@@ -378,16 +359,12 @@ async def bump_counter(session: AsyncSession, key: str, window_start: int) -> No
 
 
 async def bump_counters(
-    conn: AsyncConnection, counters: Sequence[tuple[str, int]]
+    conn: AsyncConnection, counters: tuple[tuple[str, int], tuple[str, int]]
 ) -> dict[str, int]:
-    """Adds one to each (key, window) counter in one statement; returns the new counts."""
-    if len(counters) == 2:  # a send's two counters: the prepared statement
-        (key0, window0), (key1, window1) = counters
-        params = {"key0": key0, "window0": window0, "key1": key1, "window1": window1}
-        return {str(k): int(c) for k, c in await _P_BUMP_TWO.rows(conn, params)}
-    rows = [{"key": k, "window_start": w, "count": 1} for k, w in counters]
-    result = await conn.execute(_upserts(conn).bump_counters, rows)
-    return {str(k): int(c) for k, c in result.all()}
+    """Adds one to a send's two (key, window) counters in one statement; the new counts."""
+    (key0, window0), (key1, window1) = counters
+    params = {"key0": key0, "window0": window0, "key1": key1, "window1": window1}
+    return {str(k): int(c) for k, c in await _P_BUMP_COUNTERS.rows(conn, params)}
 
 
 async def drop_counters_before(session: AsyncSession, window_start: int) -> None:
