@@ -133,28 +133,19 @@ class Connection:
         return await Cursor(self._conn.cursor()).execute(sql, parameters)
 
     async def execute_fetchall(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
-        cur = self._conn.cursor()
-        try:
-            await _retry_busy(lambda: cur.execute(sql, parameters))
-            return cur.fetchall()
-        finally:
-            cur.close()
+        async with self.cursor() as cur:
+            await cur.execute(sql, parameters)
+            return await cur.fetchall()
 
     async def execute_count(self, sql: str, parameters: Sequence[Any] = ()) -> int:
         """Runs a statement returning no rows; how many rows it changed."""
-        cur = self._conn.cursor()
-        try:
-            await _retry_busy(lambda: cur.execute(sql, parameters))
+        async with self.cursor() as cur:
+            await cur.execute(sql, parameters)
             return cur.rowcount
-        finally:
-            cur.close()
 
     async def execute_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
-        cur = self._conn.cursor()
-        try:
-            await _retry_busy(lambda: cur.executemany(sql, rows))
-        finally:
-            cur.close()
+        async with self.cursor() as cur:
+            await cur.executemany(sql, rows)
 
     async def begin(self, immediate: bool) -> None:
         """Open a transaction; IMMEDIATE takes the write lock now (waiting for it here)."""

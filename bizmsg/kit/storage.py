@@ -203,6 +203,13 @@ class Database:
         finally:
             self._batcher = None
 
+    async def _close(self, closing: Coroutine[Any, Any, None]) -> None:
+        """Gives a connection back to the pool, also when the caller is being cancelled. On
+        SQLite this runs to the end without suspending (sqlite_inline never waits here), so no
+        cancellation can land in it and no shield is needed (a shield costs a task per call);
+        on PostgreSQL the round trip is shielded."""
+        await (closing if self.dialect == "sqlite" else asyncio.shield(closing))
+
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A connection outside any transaction, for single reads by prepared statements
@@ -213,10 +220,7 @@ class Database:
         try:
             yield conn
         finally:
-            if self.dialect == "sqlite":
-                await conn.close()  # does not suspend: no cancellation can land in it
-            else:
-                await asyncio.shield(conn.close())
+            await self._close(conn.close())
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -239,12 +243,7 @@ class Database:
             await asyncio.shield(session.rollback())
             raise
         finally:
-            if self.dialect == "sqlite":
-                # Runs to the end without suspending (sqlite_inline never waits here), so no
-                # cancellation can land in it: no shield, which would cost a task per call.
-                await session.close()
-            else:
-                await asyncio.shield(session.close())
+            await self._close(session.close())
 
     async def checkpoint(self) -> None:
         """Copy SQLite's WAL back into the database file (PASSIVE: never waits for readers or
