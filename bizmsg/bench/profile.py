@@ -43,13 +43,13 @@ if _out:
                 _add(statement)
 
         from bizmsg.kit import sqlite_inline
+        from bizmsg.kit.testing import is_transaction_control
 
-        _control = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE", "ROLLBACK")
         # SQLite traces statements with their values: put the placeholders back.
         _literal = re.compile(r"[Xx]?'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|\bNULL\b")
 
         def _count_sqlite(statement):
-            if not statement.lstrip().upper().startswith(_control):
+            if not is_transaction_control(statement):
                 _add(_literal.sub("?", statement))
 
         _tracing = sqlite_inline.traced(sqlite_inline.ANY_FILE, _count_sqlite)  # kept: the

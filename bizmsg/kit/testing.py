@@ -37,7 +37,12 @@ TEST_SECRET = DEV_TOKEN_SECRET
 _tokens = TokenAuthority(TEST_SECRET.encode())
 
 
-_TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+# Statements that are not a call's work: counts of statements per call leave them out.
+TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+
+def is_transaction_control(sql: str) -> bool:
+    return sql.lstrip().upper().startswith(TRANSACTION_CONTROL)
 
 
 @contextmanager
@@ -49,7 +54,7 @@ def sql_statements(db: Database) -> Iterator[list[str]]:
     seen: list[str] = []
 
     def add(sql: str) -> None:
-        if not sql.lstrip().upper().startswith(_TRANSACTION_CONTROL):
+        if not is_transaction_control(sql):
             seen.append(" ".join(sql.split()))
 
     if db.dialect == "sqlite":

@@ -29,7 +29,7 @@ from sqlalchemy import event, func, select
 
 from bizmsg.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 from bizmsg.kit import prepared, sqlite_inline
-from bizmsg.kit.testing import ServiceThread, metadata_for
+from bizmsg.kit.testing import ServiceThread, is_transaction_control, metadata_for
 from delivery_svc.app import DEFINITION
 from delivery_svc.models import OutboxItem
 from tests.conftest import _admin, _async_url
@@ -55,8 +55,6 @@ FIRST_SEND = {"sqlite": 10, "postgresql": 10}
 # status moved, DELIVERED event, sender's sequence, CAPTURE outbox row, idempotency record.
 ACK = {"sqlite": 9, "postgresql": 9}
 WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE|BEGIN IMMEDIATE)\b", re.IGNORECASE)
-# Not counted: transaction control, and a new connection's set-up.
-CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|PRAGMA)\b", re.IGNORECASE)
 
 
 @dataclass
@@ -71,7 +69,8 @@ class Recorder:
         self.record(sql, params)
 
     def record(self, sql: str, params: Any = None) -> None:
-        if CONTROL.match(sql):
+        # Not counted: transaction control, and a new connection's set-up.
+        if is_transaction_control(sql) or sql.lstrip().upper().startswith("PRAGMA"):
             return
         try:
             task = asyncio.current_task()
