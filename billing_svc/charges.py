@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing_svc import cardcache, ledger, postings, pricing, store
 from billing_svc.cardcache import RateCards
@@ -77,7 +77,7 @@ async def _no_claim(_: Any) -> None:
 
 
 async def authorize(
-    session: AsyncSession,
+    conn: AsyncConnection,
     now: datetime,
     directory: Directory,
     cards: RateCards,
@@ -95,7 +95,6 @@ async def authorize(
     revenue rows are locked (the idempotency key), so those locks are held for two
     statements and the commit only.
     """
-    conn = await session.connection()
     q = await pricing.quote(
         conn,
         now,
@@ -180,9 +179,9 @@ async def _reserve(conn: AsyncConnection, cards: RateCards, wallet_id: str, q: Q
     await postings.post_locked(conn, ledger.Op.PENDING, Side.DEBIT, wallet_id, q.amount)
 
 
-async def _explain(session: AsyncSession, now: datetime, authorization_id: str) -> NoReturn:
+async def _explain(conn: AsyncConnection, now: datetime, authorization_id: str) -> NoReturn:
     """Why an authorization could not be resolved: missing, resolved before, or expired."""
-    auth = await store.get_authorization(session, authorization_id)
+    auth = await store.get_authorization(conn, authorization_id)
     if auth is None:
         raise NotFound(
             "AUTHORIZATION_NOT_FOUND",
@@ -209,7 +208,7 @@ async def _explain(session: AsyncSession, now: datetime, authorization_id: str) 
 
 
 async def _resolve(
-    session: AsyncSession,
+    conn: AsyncConnection,
     now: datetime,
     authorization_id: str,
     op: ledger.Op,
@@ -221,7 +220,6 @@ async def _resolve(
 ) -> Resolution | None:
     """Resolve an open authorization (None when it is not open, or not (yet) expired as
     `expired` asks): one statement moves and locks it, then the post or void transfer."""
-    conn = await session.connection()
     transfer_id = new_id()
     row = await store.resolve_open(
         conn,
@@ -265,10 +263,10 @@ async def _resolve(
 
 
 async def capture(
-    session: AsyncSession, now: datetime, authorization_id: str, claim: Claim = _no_claim
+    conn: AsyncConnection, now: datetime, authorization_id: str, claim: Claim = _no_claim
 ) -> Resolution:
     done = await _resolve(
-        session,
+        conn,
         now,
         authorization_id,
         ledger.Op.POST_PENDING,
@@ -278,19 +276,19 @@ async def capture(
         claim=claim,
     )
     if done is None:
-        await _explain(session, now, authorization_id)
+        await _explain(conn, now, authorization_id)
     return done
 
 
 async def void(
-    session: AsyncSession,
+    conn: AsyncConnection,
     now: datetime,
     authorization_id: str,
     reason: int,
     claim: Claim = _no_claim,
 ) -> Resolution:
     done = await _resolve(
-        session,
+        conn,
         now,
         authorization_id,
         ledger.Op.VOID_PENDING,
@@ -300,14 +298,14 @@ async def void(
         claim=claim,
     )
     if done is None:
-        await _explain(session, now, authorization_id)
+        await _explain(conn, now, authorization_id)
     return done
 
 
-async def expire_one(session: AsyncSession, now: datetime, authorization_id: str) -> bool:
+async def expire_one(conn: AsyncConnection, now: datetime, authorization_id: str) -> bool:
     """Void one authorization past its timeout; False when someone resolved it first."""
     done = await _resolve(
-        session,
+        conn,
         now,
         authorization_id,
         ledger.Op.VOID_PENDING,
@@ -326,7 +324,7 @@ class AdCharge:
 
 
 async def charge_ad_event(
-    session: AsyncSession,
+    conn: AsyncConnection,
     now: datetime,
     directory: Directory,
     *,
@@ -337,7 +335,6 @@ async def charge_ad_event(
     amount: int,
     currency: str,
 ) -> AdCharge:
-    conn = await session.connection()
     account = await directory.account(conn, account_id)
     if account is None:
         raise NotFound(

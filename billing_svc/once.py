@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from sqlalchemy import Table, and_, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from bizmsg.kit.auth import current_principal
 from bizmsg.kit.clock import Clock
@@ -45,19 +45,36 @@ class _Replay(Exception):
 
 
 class Tx:
-    """What the work gets: the session, and `save` to claim the request_id early (before
-    taking hot row locks, so a replay waits for nothing); the runner saves it otherwise."""
+    """What the work gets: the connection in its transaction, and `save` to claim the
+    request_id early (before taking hot row locks, so a replay waits for nothing); the runner
+    saves it otherwise."""
 
-    def __init__(self, once: Once, session: AsyncSession, key: dict[str, Any]) -> None:
-        self.session = session
+    def __init__(self, once: Once, conn: AsyncConnection, key: dict[str, Any]) -> None:
+        self.conn = conn
         self._once = once
         self._key = key
         self.saved = False
+        self._session: AsyncSession | None = None
+
+    async def session(self) -> AsyncSession:
+        """An ORM session in this transaction, for the calls that load rows as objects
+        (accounts, rate cards); the hot paths use `conn`. It neither commits nor ends the
+        transaction: the runner does."""
+        if self._session is None:
+            if not self.conn.in_transaction():
+                await self.conn.begin()  # on SQLite this joins the batch's transaction
+            self._session = AsyncSession(
+                bind=self.conn, expire_on_commit=False, join_transaction_mode="rollback_only"
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
     async def save(self, response: Message) -> None:
-        conn = await self.session.connection()
         params = {**self._key, "response": response.SerializeToString(deterministic=True)}
-        if await self._once.claim.execute(conn, params) != 1:
+        if await self._once.claim.execute(self.conn, params) != 1:
             raise _Replay
         self.saved = True
 
@@ -97,11 +114,14 @@ class Once:
             "create_time": self.clock.now(),
         }
 
-        async def attempt(session: AsyncSession) -> Resp:
-            tx = Tx(self, session, key)
-            response = await work(tx)
-            if not tx.saved:
-                await tx.save(response)
+        async def attempt(conn: AsyncConnection) -> Resp:
+            tx = Tx(self, conn, key)
+            try:
+                response = await work(tx)
+                if not tx.saved:
+                    await tx.save(response)
+            finally:
+                await tx.close()
             return response
 
         for _ in range(ATTEMPTS):

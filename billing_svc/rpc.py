@@ -74,10 +74,10 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def _once(
         self, method: str, request: Any, response_type: type[R], work: Callable[[Any], Awaitable[R]]
     ) -> R:
-        """Run a mutating RPC exactly once per request_id; work gets the session."""
+        """Run a mutating RPC exactly once per request_id; work gets an ORM session."""
 
         async def in_tx(tx: Tx) -> R:
-            return await work(tx.session)
+            return await work(await tx.session())
 
         return await self.once.run(method, request, response_type, in_tx)
 
@@ -299,7 +299,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                 await tx.save(response)
 
             await charges.authorize(
-                tx.session,
+                tx.conn,
                 self.clock.now(),
                 self.directory,
                 self.cards,
@@ -340,9 +340,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                 response.CopyFrom(convert.resolution(pb.CaptureChargeResponse, r))
                 await tx.save(response)
 
-            await charges.capture(
-                tx.session, self.clock.now(), request.authorization_id, claim=claim
-            )
+            await charges.capture(tx.conn, self.clock.now(), request.authorization_id, claim=claim)
             return response
 
         return await self.once.run("CaptureCharge", request, pb.CaptureChargeResponse, work)
@@ -363,7 +361,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                 await tx.save(response)
 
             await charges.void(
-                tx.session, self.clock.now(), request.authorization_id, request.reason, claim=claim
+                tx.conn, self.clock.now(), request.authorization_id, request.reason, claim=claim
             )
             return response
 
@@ -381,9 +379,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         inputs.amount(v, "amount", request.amount)
         v.raise_if_any()
 
-        async def work(session: Any) -> pb.ChargeAdEventResponse:
+        async def work(tx: Tx) -> pb.ChargeAdEventResponse:
             c = await charges.charge_ad_event(
-                session,
+                tx.conn,
                 self.clock.now(),
                 self.directory,
                 event_id=request.request_id,
@@ -397,7 +395,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                 transfer_id=c.transfer_id, amount=convert.money(c.amount, c.currency)
             )
 
-        return await self._once("ChargeAdEvent", request, pb.ChargeAdEventResponse, work)
+        return await self.once.run("ChargeAdEvent", request, pb.ChargeAdEventResponse, work)
 
     # Reading the ledger
 

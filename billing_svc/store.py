@@ -189,13 +189,9 @@ async def insert_authorization(conn: AsyncConnection, **values: Any) -> None:
     await _INSERT_AUTHORIZATION.execute(conn, values)
 
 
-async def get_authorization(
-    session: AsyncSession, authorization_id: str, *, lock: bool = False
-) -> AuthorizationRow | None:
-    q = select(AuthorizationRow).where(AuthorizationRow.id == authorization_id)
-    if lock:
-        q = q.with_for_update().execution_options(populate_existing=True)
-    return (await session.execute(q)).scalar_one_or_none()
+async def get_authorization(conn: AsyncConnection, authorization_id: str) -> Row[Any] | None:
+    a = cast(Table, AuthorizationRow.__table__)
+    return (await conn.execute(select(a).where(a.c.id == authorization_id))).first()
 
 
 def _resolve_stmt(*, expired: bool) -> Any:

@@ -29,7 +29,7 @@ async def sweep_expired(db: Database, clock: Clock) -> int:
             break
         for authorization_id in ids:
             async with db.write() as session:
-                if await charges.expire_one(session, now, authorization_id):
+                if await charges.expire_one(await session.connection(), now, authorization_id):
                     voided += 1
         if len(ids) < BATCH:
             break

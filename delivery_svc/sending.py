@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bizmsg.billing.v1 import billing_pb2
 from bizmsg.common.v1 import common_pb2
@@ -215,10 +215,9 @@ class Sending:
             for device_id, ciphertext in out.envelopes
         ]
 
-        async def write(s: AsyncSession) -> None:
+        async def write(conn: AsyncConnection) -> None:
             # First, so that a twin request fails here before doing anything else.
-            await self.idem.save(s, METHOD, request, response)
-            conn = await s.connection()
+            await self.idem.save(conn, METHOD, request, response)
             seq = await store.next_seq(conn, message["sender"])
             if state is not None:
                 await limits.count(

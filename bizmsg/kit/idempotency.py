@@ -103,9 +103,13 @@ class Idempotency:
         return response_type.FromString(row.response)
 
     async def save(
-        self, session: AsyncSession, method: str, request: Message, response: Message
+        self,
+        session: AsyncSession | AsyncConnection,
+        method: str,
+        request: Message,
+        response: Message,
     ) -> None:
-        conn = await session.connection()
+        conn = session if isinstance(session, AsyncConnection) else await session.connection()
         await self._insert.execute(
             conn,
             {

@@ -152,6 +152,10 @@ class Connection:
         sql = "BEGIN IMMEDIATE" if immediate else "BEGIN"
         await _retry_busy(lambda: self._conn.execute(sql))
 
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
     # Group commit's per-work savepoints (storage.write_batched), straight on the driver.
     def savepoint(self) -> None:
         self._conn.execute("SAVEPOINT work")
