@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -41,6 +42,8 @@ from bizmsg.kit.prepared import raw_connection
 from bizmsg.kit.timeutil import utc
 
 T = TypeVar("T")
+# A work of a group commit (write_batched), and its caller's future.
+Work = tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]
 _WRITE = "bizmsg_write"
 # How long a writer waits for its turn on SQLite before the caller gets UNAVAILABLE.
 WRITE_QUEUE_TIMEOUT = 30.0
@@ -112,8 +115,7 @@ class Database:
         self._write_sessions = async_sessionmaker(self._writer, expire_on_commit=False)
         self._held_sessions = self._write_sessions
         # SQLite group commit (write_batched): works waiting for the next transaction.
-        self._batch: list[tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]]
-        self._batch = []
+        self._batch: list[Work] = []
         self._batcher: asyncio.Future[None] | None = None
         self._read_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # connect(): on SQLite one held connection (its driver opens no transaction for
@@ -162,7 +164,14 @@ class Database:
         A transaction costs several times a statement, and SQLite writes one at a time anyway,
         so under load this is most of a writer's database time saved and no guarantee lost.
         A caller that goes away before its work starts is skipped; once started, the work
-        commits with its batch. On PostgreSQL: one transaction per call.
+        commits with its batch.
+
+        On PostgreSQL the works that arrive while a batch runs share the next transaction too,
+        without savepoints (two round trips each): if any work raises, or the commit fails (a
+        deadlock with another replica's batch, say), the batch is rolled back and each of its
+        works runs again alone, in a transaction of its own. Works are written to be run again
+        (they hold no state across runs). Under load this saves a commit (a WAL flush) per
+        call and holds hot rows (a sender's sequence, a wallet) once per batch, not per call.
 
         `work` gets the connection, not an ORM session: the hot paths that use this run Core
         and prepared statements only, and a session's begin, flush bookkeeping, commit and
@@ -170,9 +179,6 @@ class Database:
         more than the statements). On SQLite the transaction is begun and committed on the
         driver; a SQLAlchemy statement in a work joins it (see on_begin).
         """
-        if self._write_queue is None:
-            async with self._connection_transaction() as conn:
-                return await work(conn)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # The work runs in the caller's context (principal, request id, deadline), not the
         # batcher's.
@@ -187,14 +193,14 @@ class Database:
             while self._batch:
                 # One turn of the loop first: callers that are ready join this batch.
                 await asyncio.sleep(0)
-                batch: list[tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]]
-                batch = []
+                batch: list[Work] = []
                 try:
-                    async with self._write_turn() as conn:
+                    async with self._batch_connection() as conn:
                         # Taken once the lock is ours: whoever came while we waited joins too.
                         batch = [(w, f) for w, f in self._batch if not f.done()]
                         self._batch = []
-                        outcomes = await _run_each(conn, batch)
+                        run = _run_each if self.dialect == "sqlite" else _run_together
+                        outcomes = await run(conn, batch)
                 except Exception as e:
                     _fail(batch, e)  # the transaction itself failed: no work of it stands
                     continue
@@ -252,16 +258,15 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def _connection_transaction(self) -> AsyncIterator[AsyncConnection]:
-        """PostgreSQL: one read-write transaction on a pooled connection, without a session."""
+    async def _batch_connection(self) -> AsyncIterator[AsyncConnection]:
+        """Where a batch runs: SQLite's writer turn; a pooled connection on PostgreSQL."""
+        if self._write_queue is not None:
+            async with self._write_turn() as held:
+                yield held
+            return
         conn = await self._writer.connect()
         try:
-            await conn.begin()
             yield conn
-            await conn.commit()
-        except BaseException:
-            await asyncio.shield(conn.rollback())  # as in _transaction
-            raise
         finally:
             await self._close(conn.close())
 
@@ -309,10 +314,7 @@ class Database:
         await self.engine.dispose()
 
 
-def _fail(
-    batch: list[tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]],
-    error: BaseException,
-) -> None:
+def _fail(batch: list[Work], error: BaseException) -> None:
     if not isinstance(error, Exception):  # cancelled: the service is stopping
         error = Unavailable("STOPPING", "the service is stopping; retry", retry_after=1)
     for _, future in batch:
@@ -320,10 +322,7 @@ def _fail(
             future.set_exception(error)
 
 
-async def _run_each(
-    conn: AsyncConnection,
-    batch: list[tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]],
-) -> list[tuple[bool, Any]]:
+async def _run_each(conn: AsyncConnection, batch: list[Work]) -> list[tuple[bool, Any]]:
     """One transaction, each work of the batch in its own SAVEPOINT, all on the driver (no
     SQLAlchemy round trip). A work's SQLAlchemy statement makes SQLAlchemy join the transaction;
     it then ends it, so that it knows the transaction is over."""
@@ -356,6 +355,37 @@ async def _run_each(
             await driver.rollback()
         raise
     return outcomes
+
+
+async def _run_together(conn: AsyncConnection, batch: list[Work]) -> list[tuple[bool, Any]]:
+    """PostgreSQL: the batch in one transaction; if that fails, each work in its own."""
+
+    async def all_of_them() -> list[Any]:
+        return [await work(conn) for work, _ in batch]
+
+    ok, values = await _in_transaction(conn, all_of_them)
+    if ok:
+        return [(True, value) for value in values]
+    if len(batch) == 1:
+        return [(False, values)]
+    return [await _in_transaction(conn, functools.partial(work, conn)) for work, _ in batch]
+
+
+async def _in_transaction(
+    conn: AsyncConnection, run: Callable[[], Awaitable[Any]]
+) -> tuple[bool, Any]:
+    """(True, what `run` returned) once committed, or (False, the exception) rolled back."""
+    try:
+        await conn.begin()
+        value = await run()
+        await conn.commit()
+    except Exception as e:
+        await asyncio.shield(conn.rollback())
+        return False, e
+    except BaseException:
+        await asyncio.shield(conn.rollback())  # as in Database._transaction
+        raise
+    return True, value
 
 
 def _checkpoint(path: str) -> None:
