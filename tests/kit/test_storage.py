@@ -216,12 +216,11 @@ def test_sqlite_checkpoint_folds_the_wal_into_the_database(tmp_path) -> None:  #
     assert after <= grown
 
 
-def test_write_batched_commits_together_and_fails_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Group commit: concurrent works share transactions on SQLite, each in a savepoint, so a
-    work that raises (a domain refusal after writing, a unique-key clash) is rolled back alone
-    and only its caller sees the error. (On PostgreSQL write_batched is write(): one
-    transaction per work, covered by the services' tests.)"""
-    database_url = f"sqlite+aiosqlite:///{tmp_path / 'batch.db'}"
+def test_write_batched_commits_together_and_fails_alone(database_url: str) -> None:
+    """Group commit: concurrent works share transactions, so a work that raises (a domain
+    refusal after writing, a unique-key clash) is rolled back alone and only its caller sees
+    the error. SQLite runs each work in a savepoint; PostgreSQL runs a failed batch's works
+    again one transaction each."""
     from sqlalchemy import event
     from sqlalchemy.exc import IntegrityError
 
@@ -269,7 +268,92 @@ def test_write_batched_commits_together_and_fails_alone(tmp_path) -> None:  # ty
     ok = [i for i in range(50) if i % 10 not in (3, 7)]
     assert value == len(ok)  # the failed works' updates were rolled back with them
     assert ids == {1} | {2000 + i for i in ok}
-    assert commits < len(ok) / 2  # shared transactions
+    if database_url.startswith("sqlite"):
+        assert commits < len(ok) / 2  # shared transactions
+
+
+def test_write_batched_shares_commits(database_url: str) -> None:
+    """Works that arrive together commit together, on both backends; each caller gets its own
+    work's result, and a prepared statement (no SQLAlchemy statement at all) commits too."""
+    from sqlalchemy import event
+
+    from bizmsg.kit.prepared import Prepared
+
+    bump = Prepared(COUNTER.update().values(value=COUNTER.c.value + 1))
+
+    async def go() -> tuple[list[int], int, int]:
+        db = Database(database_url)
+        await _setup(db)
+        commits = 0
+
+        def on_commit(_conn: object) -> None:
+            nonlocal commits
+            commits += 1
+
+        if db.dialect == "postgresql":  # SQLite's batches commit on the driver, not via events
+            event.listen(db.engine.sync_engine, "commit", on_commit)
+        else:
+            from bizmsg.kit import sqlite_inline
+
+            def on_statement(sql: str) -> None:
+                nonlocal commits
+                commits += sql.strip().upper() == "COMMIT"
+
+            tracing = sqlite_inline.traced(db.path, on_statement)
+            tracing.__enter__()
+
+        async def work(i: int, conn) -> int:  # type: ignore[no-untyped-def]
+            await bump.execute(conn, {})
+            return i
+
+        got = await asyncio.gather(
+            *(db.write_batched(lambda c, i=i: work(i, c)) for i in range(40))
+        )
+        async with db.read() as s:
+            value = int((await s.execute(select(COUNTER.c.value))).scalar_one())
+        await db.dispose()
+        return list(got), value, commits
+
+    got, value, commits = run(go())
+    assert got == list(range(40))
+    assert value == 40
+    assert 1 <= commits < 20
+
+
+def test_connect_shares_one_sqlite_connection_and_sees_each_commit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SQLite's single reads share one held connection; each read sees what committed before
+    it, and a SQLAlchemy statement there (which would open a transaction on the shared
+    connection and pin its snapshot) is refused."""
+    from bizmsg.kit.prepared import Prepared
+
+    read_value = Prepared(select(COUNTER.c.value).where(COUNTER.c.id == 1))
+
+    async def go() -> tuple[list[int], bool, bool]:
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'reads.db'}")
+        await _setup(db)
+        seen = []
+        conns = set()
+        for _ in range(3):
+            async with db.write() as s:
+                await s.execute(COUNTER.update().values(value=COUNTER.c.value + 1))
+            async with db.connect() as conn:
+                conns.add(id(conn))
+                seen.append((await read_value.first(conn, {})).value)
+        refused = False
+        try:
+            async with db.connect() as conn:
+                await conn.execute(select(COUNTER.c.value))
+        except RuntimeError:
+            refused = True
+        async with db.connect() as conn:
+            clean = not conn.in_transaction()
+        await db.dispose()
+        return seen, len(conns) == 1 and refused, clean
+
+    seen, shared_and_refused, clean = run(go())
+    assert seen == [1, 2, 3]
+    assert shared_and_refused
+    assert clean
 
 
 def test_write_batched_skips_a_caller_that_went_away(tmp_path) -> None:  # type: ignore[no-untyped-def]
