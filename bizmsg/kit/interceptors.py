@@ -245,6 +245,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.tokens = tokens
         # Open multiplexed streams wait on this to end cleanly when the server drains.
         self.drain_event = asyncio.Event()
+        # Wrapped handlers by method, built once: grpc asks for a method's handler per call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     @property
     def draining(self) -> bool:
@@ -266,7 +268,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = handler_call_details.method  # type: ignore[attr-defined]
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        return self._wrap(handler, method)
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, self._wrap(handler, method))
+        return cached[1]
 
     def _wrap(self, handler: Any, method: str) -> grpc.RpcMethodHandler:
         service, tokens, interceptor = self.service, self.tokens, self
