@@ -32,7 +32,9 @@ from bizmsg.kit.multiplex import StreamClient
 from bizmsg.kit.server import Runtime
 from bizmsg.kit.timeutil import to_duration
 
-_UNREACHABLE = {
+# A dependency that failed with these did not answer, or not in time: not a refusal by its
+# rules, and what the call did there is unknown.
+UNREACHABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED,
@@ -46,7 +48,7 @@ FUNDS_RETRY_SECONDS = 60.0
 
 def is_retryable(e: grpc.aio.AioRpcError) -> bool:
     """Whether an outbox call may land later (versus a final answer)."""
-    return e.code() in _UNREACHABLE or e.code() in {
+    return e.code() in UNREACHABLE or e.code() in {
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.UNAUTHENTICATED,
         grpc.StatusCode.PERMISSION_DENIED,
@@ -62,7 +64,7 @@ def _retry_after(e: grpc.aio.AioRpcError) -> float | None:
 
 def dependency_error(service: str, e: grpc.aio.AioRpcError) -> DomainError:
     name = service.upper()
-    if e.code() in _UNREACHABLE:
+    if e.code() in UNREACHABLE:
         return Unavailable(
             f"{name}_UNAVAILABLE", f"the {service} service cannot be reached", retry_after=1.0
         )

@@ -19,7 +19,9 @@ A person's message is never charged; consent records it first (opening the windo
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,15 +33,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bizmsg.billing.v1 import billing_pb2
 from bizmsg.common.v1 import common_pb2
 from bizmsg.delivery.v1 import delivery_pb2
+from bizmsg.kit import calls
 from bizmsg.kit.auth import Principal
 from bizmsg.kit.clock import Clock
-from bizmsg.kit.errors import FailedPrecondition, NotFound
+from bizmsg.kit.errors import DomainError, FailedPrecondition, NotFound
 from bizmsg.kit.idempotency import Idempotency
 from bizmsg.kit.ids import new_id
 from bizmsg.kit.storage import Database
 from bizmsg.kit.timeutil import to_timestamp
 from delivery_svc import limits, store
-from delivery_svc.dependencies import Dependencies
+from delivery_svc.dependencies import UNREACHABLE, Dependencies
 from delivery_svc.notify import OUTBOX, Notifier, mailbox_key, status_key
 from delivery_svc.policy import AUTHORIZATION_MARGIN, Status, category_name, consent_reason
 
@@ -133,9 +136,7 @@ class Sending:
         try:
             response, duplicate = await asyncio.shield(stored_task)
         except asyncio.CancelledError:
-            settle = asyncio.ensure_future(self._settle(stored_task, message_id, charge))
-            self._settling.add(settle)
-            settle.add_done_callback(self._settling.discard)
+            self._in_background(self._settle(stored_task, message_id, charge))
             raise
         except BaseException:
             await self._void_quietly(message_id, charge)
@@ -169,13 +170,17 @@ class Sending:
                 metadata={"category": category_name(out.category)},
             )
         window_kind = decision.window.kind or common_pb2.WINDOW_KIND_NONE
-        auth = await self.deps.authorize(
+        auth = await self._authorize(
+            functools.partial(
+                self.deps.authorize,
+                message_id,
+                business_id,
+                country,
+                out.category,
+                window_kind,
+                out.ttl + AUTHORIZATION_MARGIN,
+            ),
             message_id,
-            business_id,
-            country,
-            out.category,
-            window_kind,
-            out.ttl + AUTHORIZATION_MARGIN,
         )
         return _Charge(
             authorization_id=auth.authorization_id,
@@ -184,6 +189,48 @@ class Sending:
             window_kind=window_kind,
             free_entry_pending=decision.free_entry_pending,
         )
+
+    async def _authorize(
+        self, ask: Callable[[], Awaitable[billing_pb2.AuthorizeChargeResponse]], message_id: str
+    ) -> billing_pb2.AuthorizeChargeResponse:
+        try:
+            return await ask()
+        except BaseException as e:
+            if _outcome_unknown(e):
+                # Billing may have authorized all the same: a stream item runs on when its
+                # caller goes away, and a call that timed out may have committed. Its hold
+                # would keep the business's funds until the authorization expires (the
+                # message's TTL and a day). So ask again, once this call is over: the same
+                # request_id replays billing's answer (or authorizes now), and void that.
+                self._in_background(self._release(ask, message_id))
+            raise
+
+    async def _release(
+        self, ask: Callable[[], Awaitable[billing_pb2.AuthorizeChargeResponse]], message_id: str
+    ) -> None:
+        try:
+            auth = await ask()
+        except DomainError as e:
+            # Refused now (e.g. funds): then nothing was authorized before either.
+            log.warning(
+                "could not learn the outcome of an authorization; if billing made one, its "
+                "timeout will release it",
+                extra={"fields": {"message_id": message_id, "reason": e.reason}},
+            )
+            return
+        await self._void_quietly(message_id, _Charge(authorization_id=auth.authorization_id))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs `work` after the call that started it is over: not bound by that call's
+        deadline, and kept referenced until it ends."""
+
+        async def detached() -> None:
+            calls.enter(calls.current_request_id(), None)  # this task's own copy of the context
+            await work
+
+        task = asyncio.ensure_future(detached())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def _record_user_message(self, message_id: str, out: Outgoing) -> _Charge:
         await self.deps.record_user_message(
@@ -301,6 +348,15 @@ class Sending:
                 "could not void an unused authorization; billing's timeout will",
                 extra={"fields": {"message_id": message_id, "code": e.code().name}},
             )
+
+
+def _outcome_unknown(e: BaseException) -> bool:
+    """Whether a failed authorization call may have authorized all the same: the caller went
+    away, or billing could not answer in time (the call failed, not billing's rules)."""
+    if isinstance(e, asyncio.CancelledError):
+        return True
+    cause = e.__cause__
+    return isinstance(cause, grpc.aio.AioRpcError) and cause.code() in UNREACHABLE
 
 
 def _check_devices(devices: set[str], out: Outgoing) -> None:
