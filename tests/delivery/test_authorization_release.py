@@ -98,36 +98,31 @@ def test_a_send_cancelled_while_billing_authorizes_voids_what_billing_made() -> 
     assert billing.voided == [("void-m1", "auth-m1")]
 
 
-def test_a_timed_out_authorization_is_voided_and_the_caller_gets_the_error() -> None:
-    async def go() -> tuple[Billing, BaseException | None]:
-        billing = Billing(first=grpc.StatusCode.DEADLINE_EXCEEDED)
+def _charge(first: grpc.StatusCode, message_id: str) -> tuple[Billing, DomainError | None]:
+    """A charge whose first authorization call fails with `first`, once all settling is over."""
+
+    async def go() -> tuple[Billing, DomainError | None]:
+        billing = Billing(first)
         sending = _sending(billing)
+        error = None
         try:
-            await sending._consent_and_charge("m2", OUT, "DE")
-            error = None
+            await sending._consent_and_charge(message_id, OUT, "DE")
         except DomainError as e:
             error = e
         await _settled(sending)
         return billing, error
 
-    billing, error = asyncio.run(go())
-    assert isinstance(error, DomainError) and error.reason == "BILLING_UNAVAILABLE"
+    return asyncio.run(go())
+
+
+def test_a_timed_out_authorization_is_voided_and_the_caller_gets_the_error() -> None:
+    billing, error = _charge(grpc.StatusCode.DEADLINE_EXCEEDED, "m2")
+    assert error is not None and error.reason == "BILLING_UNAVAILABLE"
     assert billing.voided == [("void-m2", "auth-m2")]
 
 
 def test_a_refusal_by_billing_is_not_asked_again() -> None:
-    async def go() -> tuple[Billing, BaseException | None]:
-        billing = Billing(first=grpc.StatusCode.RESOURCE_EXHAUSTED)
-        sending = _sending(billing)
-        try:
-            await sending._consent_and_charge("m3", OUT, "DE")
-            error = None
-        except DomainError as e:
-            error = e
-        await _settled(sending)
-        return billing, error
-
-    billing, error = asyncio.run(go())
-    assert isinstance(error, DomainError) and error.reason == "INSUFFICIENT_FUNDS"
+    billing, error = _charge(grpc.StatusCode.RESOURCE_EXHAUSTED, "m3")
+    assert error is not None and error.reason == "INSUFFICIENT_FUNDS"
     assert billing.asked == ["m3"]
     assert billing.voided == []

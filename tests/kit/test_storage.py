@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -221,19 +223,11 @@ def test_write_batched_commits_together_and_fails_alone(database_url: str) -> No
     refusal after writing, a unique-key clash) is rolled back alone and only its caller sees
     the error. SQLite runs each work in a savepoint; PostgreSQL runs a failed batch's works
     again one transaction each."""
-    from sqlalchemy import event
     from sqlalchemy.exc import IntegrityError
 
     async def go() -> tuple[list[object], int, int, set[int]]:
         db = Database(database_url)
         await _setup(db)
-        commits = 0
-
-        def on_commit(_conn: object) -> None:
-            nonlocal commits
-            commits += 1
-
-        event.listen(db.engine.sync_engine, "commit", on_commit)
 
         async def work(i: int, s) -> int:  # type: ignore[no-untyped-def]
             await s.execute(COUNTER.update().values(value=COUNTER.c.value + 1))
@@ -244,18 +238,18 @@ def test_write_batched_commits_together_and_fails_alone(database_url: str) -> No
             await s.execute(COUNTER.insert().values(id=1 if i % 10 == 7 else 2000 + i, value=i))
             return i * 2
 
-        outcomes = await asyncio.gather(
-            *(db.write_batched(lambda s, i=i: work(i, s)) for i in range(50)),
-            return_exceptions=True,
-        )
-        committed = commits
+        with _commits(db) as commits:
+            outcomes = await asyncio.gather(
+                *(db.write_batched(lambda s, i=i: work(i, s)) for i in range(50)),
+                return_exceptions=True,
+            )
         async with db.read() as s:
             value = int(
                 (await s.execute(select(COUNTER.c.value).where(COUNTER.c.id == 1))).scalar_one()
             )
             ids = set((await s.execute(select(COUNTER.c.id))).scalars())
         await db.dispose()
-        return outcomes, value, committed, ids
+        return outcomes, value, commits[0], ids
 
     outcomes, value, commits, ids = run(go())
     for i, got in enumerate(outcomes):
@@ -275,8 +269,6 @@ def test_write_batched_commits_together_and_fails_alone(database_url: str) -> No
 def test_write_batched_shares_commits(database_url: str) -> None:
     """Works that arrive together commit together, on both backends; each caller gets its own
     work's result, and a prepared statement (no SQLAlchemy statement at all) commits too."""
-    from sqlalchemy import event
-
     from bizmsg.kit.prepared import Prepared
 
     bump = Prepared(COUNTER.update().values(value=COUNTER.c.value + 1))
@@ -284,40 +276,52 @@ def test_write_batched_shares_commits(database_url: str) -> None:
     async def go() -> tuple[list[int], int, int]:
         db = Database(database_url)
         await _setup(db)
-        commits = 0
-
-        def on_commit(_conn: object) -> None:
-            nonlocal commits
-            commits += 1
-
-        if db.dialect == "postgresql":  # SQLite's batches commit on the driver, not via events
-            event.listen(db.engine.sync_engine, "commit", on_commit)
-        else:
-            from bizmsg.kit import sqlite_inline
-
-            def on_statement(sql: str) -> None:
-                nonlocal commits
-                commits += sql.strip().upper() == "COMMIT"
-
-            tracing = sqlite_inline.traced(db.path, on_statement)
-            tracing.__enter__()
 
         async def work(i: int, conn) -> int:  # type: ignore[no-untyped-def]
             await bump.execute(conn, {})
             return i
 
-        got = await asyncio.gather(
-            *(db.write_batched(lambda c, i=i: work(i, c)) for i in range(40))
-        )
+        with _commits(db) as commits:
+            got = await asyncio.gather(
+                *(db.write_batched(lambda c, i=i: work(i, c)) for i in range(40))
+            )
         async with db.read() as s:
             value = int((await s.execute(select(COUNTER.c.value))).scalar_one())
         await db.dispose()
-        return list(got), value, commits
+        return list(got), value, commits[0]
 
     got, value, commits = run(go())
     assert got == list(range(40))
     assert value == 40
     assert 1 <= commits < 20
+
+
+@contextmanager
+def _commits(db: Database) -> Iterator[list[int]]:
+    """Counts the COMMITs run in the block: on SQLite at the driver (group commit commits
+    there, not through SQLAlchemy), on PostgreSQL through SQLAlchemy's event."""
+    from sqlalchemy import event
+
+    from bizmsg.kit import sqlite_inline
+
+    count = [0]
+    if db.dialect == "sqlite":
+
+        def on_statement(sql: str) -> None:
+            count[0] += sql.strip().upper() == "COMMIT"
+
+        with sqlite_inline.traced(db.path, on_statement):
+            yield count
+        return
+
+    def on_commit(_conn: object) -> None:
+        count[0] += 1
+
+    event.listen(db.engine.sync_engine, "commit", on_commit)
+    try:
+        yield count
+    finally:
+        event.remove(db.engine.sync_engine, "commit", on_commit)
 
 
 def test_connect_shares_one_sqlite_connection_and_sees_each_commit(tmp_path) -> None:  # type: ignore[no-untyped-def]
