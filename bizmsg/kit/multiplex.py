@@ -16,9 +16,11 @@ what a small message does, so under load one write carries many calls.
   in any order, and gives each item the deadline a unary call would have. A failed item raises
   the grpc.aio.AioRpcError the unary call would (status details in the trailing metadata, so
   errors.status_details works unchanged); a broken stream fails its pending items with
-  UNAVAILABLE and the next call opens a new one. Streams are replaced when the service token
-  is re-minted and every STREAM_MAX_AGE; a dependency without the stream method is called
-  unary.
+  UNAVAILABLE and the next call opens a new one. An item that provably never ran (the server
+  drained and ended the stream without reading it, or the stream never opened) is sent again
+  on a new stream, so a rolling restart of a dependency's replicas fails none of its calls.
+  Streams are replaced when the service token is re-minted and every STREAM_MAX_AGE; a
+  dependency without the stream method is called unary.
 - `serve` (the servicer's stream method): says in its initial metadata that it accepted the
   stream (the client writes nothing before), reads items and runs each in its own task with
   the unary handler, through the interceptor's `StreamItems` (principal, request id, deadline,
@@ -58,6 +60,8 @@ ACCEPTED_KEY = "bizmsg-stream-accepted"
 # A stream is replaced after this long, so that behind a load balancer new streams (hence calls)
 # spread over replicas as they come and go, as unary calls would.
 STREAM_MAX_AGE = 60.0
+# How many times an item that never ran (_Unsent) is sent again.
+RESENDS = 2
 
 
 class StreamItem(Protocol[Req_co]):
@@ -99,10 +103,20 @@ def rpc_error(
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details)
 
 
+class _Unsent(grpc.aio.AioRpcError):  # type: ignore[misc]
+    """UNAVAILABLE for an item that provably never ran: the server ended the stream cleanly
+    without reading it (it was draining), or the stream was never accepted (nothing was
+    written). StreamClient sends such an item again on a new stream."""
+
+
 def _error_from_status(packed: any_pb2.Any) -> grpc.aio.AioRpcError:
     status = status_pb2.Status()
     packed.Unpack(status)
     return rpc_error(status_code(status), status.message, packed.value)
+
+
+def _unsent(details: str) -> _Unsent:
+    return _Unsent(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -198,7 +212,8 @@ class _Stream(Generic[Resp]):
     def _failure(self, ended_with: grpc.aio.AioRpcError | None) -> grpc.aio.AioRpcError:
         """What an item still pending when the stream ended fails with (a new error each)."""
         if ended_with is None:
-            return rpc_error(grpc.StatusCode.UNAVAILABLE, f"the {self.name} stream ended")
+            # A clean end answers every item the server read (serve): this one it never read.
+            return _unsent(f"the {self.name} stream ended before its server read this call")
         code, details = ended_with.code(), ended_with.details()
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED):
             # The token was refused (each item would have been, as a unary call), or the
@@ -206,6 +221,8 @@ class _Stream(Generic[Resp]):
             return grpc.aio.AioRpcError(
                 code, ended_with.initial_metadata(), ended_with.trailing_metadata(), details
             )
+        if not self.accepted:  # nothing was written on it
+            return _unsent(f"the {self.name} stream failed before it opened ({code.name})")
         return rpc_error(
             grpc.StatusCode.UNAVAILABLE, f"the {self.name} stream broke ({code.name}: {details})"
         )
@@ -294,22 +311,36 @@ class StreamClient(Generic[Req, Resp]):
         remaining = calls.time_remaining()
         if remaining is not None:
             timeout = max(0.001, min(timeout, remaining))
+        deadline = time.monotonic() + timeout
+        for _ in range(RESENDS):
+            try:
+                return await self._send(request, seconds=timeout)
+            except _Unsent:
+                # It never ran (a replica drained, say): again on a new stream, which the
+                # channel opens on a replica that serves, while the deadline allows.
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise
+        return await self._send(request, seconds=timeout)
+
+    async def _send(self, request: Req, *, seconds: float) -> Resp:
+        """One attempt: the item on the current stream, answered within `seconds`."""
         correlation_id = next(self._ids)
         item = self._wrap(
             correlation_id=correlation_id,
             caller_request_id=calls.current_request_id(),
-            timeout=_duration(timeout),
+            timeout=_duration(seconds),
             request=request,
         )
         answer: asyncio.Future[Resp] = asyncio.get_running_loop().create_future()
         stream = self._current()
         stream.send(correlation_id, item, answer)
         try:
-            return await asyncio.wait_for(answer, timeout)
+            return await asyncio.wait_for(answer, seconds)
         except TimeoutError:
             if not stream.accepted:
-                # The server never even accepted the stream: drop it (its other items fail
-                # UNAVAILABLE), and the next call tries a new one.
+                # The server never even accepted the stream: drop it (its other items go
+                # again on a new one).
                 stream.accepting = False
                 stream.call.cancel()
             raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None

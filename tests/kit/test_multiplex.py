@@ -37,7 +37,8 @@ STREAM = "/bizmsg.consent.v1.ConsentService/CheckConsentStream"
 class FakeConsent(consent_pb2_grpc.ConsentServiceServicer):
     """CheckConsent driven by the request's business_id: "<verb>:<argument>"."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
+        self.name = name  # told by the "name" verb: which replica answered
         self.cancelled = 0
         self.messages_read = 0  # stream messages, each holding one or more items
 
@@ -60,6 +61,8 @@ class FakeConsent(consent_pb2_grpc.ConsentServiceServicer):
         elif verb == "deny":
             if not current_principal().is_service("delivery"):
                 raise errors.PermissionDenied(message=f"{current_principal()} may not check")
+        elif verb == "name":
+            return pb.CheckConsentResponse(consent_id=self.name)
         elif verb == "whoami":
             left = calls.time_remaining()
             return pb.CheckConsentResponse(
@@ -421,6 +424,51 @@ def test_draining_answers_what_was_read_and_ends_the_stream_cleanly(
 
     run(tmp_path, scenario)
     assert rpc_lines(caplog, STREAM)[0]["code"] == "OK"
+
+
+def test_an_item_a_draining_replica_did_not_read_goes_to_another(tmp_path: Path) -> None:
+    """A rolling restart: the replica holding the stream drains while a call is in flight on
+    it; an item written meanwhile is never read there, so when that replica ends the stream
+    the item goes again on a new stream, which the channel opens on the other replica."""
+
+    async def main() -> None:
+        replicas = {name: Harness(tmp_path / name) for name in ("a", "b")}
+        for name, h in replicas.items():
+            (tmp_path / name).mkdir()
+            h.servicer.name = name
+            await h.start()
+        targets = ",".join(h.target for h in replicas.values())
+        # One client over both replicas, as behind a load balancer.
+        client = replicas["a"]
+        await client.channel.close()
+        client.channel = grpc.aio.insecure_channel(
+            f"ipv4:{targets}", options=[("grpc.lb_policy_name", "round_robin")]
+        )
+        client.stub = consent_pb2_grpc.ConsentServiceStub(client.channel)
+        client.client = multiplex.StreamClient(
+            "consent",
+            client.stub.CheckConsentStream,
+            pb.CheckConsentStreamItem,
+            batch=pb.CheckConsentStreamRequest,
+            authorization=lambda: client.header,
+            call_timeout=5.0,
+        )
+        try:
+            holder = (await client.check("name")).consent_id  # the stream's replica
+            other = "b" if holder == "a" else "a"
+            in_flight = asyncio.create_task(client.check("sleep:0.8", "in-flight"))
+            await asyncio.sleep(0.2)
+            draining = asyncio.create_task(replicas[holder].stop(grace=10))
+            await asyncio.sleep(0.2)  # the holder reads no more
+            late = await client.check("name")
+            assert late.consent_id == other
+            assert (await in_flight).consent_id == "in-flight"  # answered before the end
+            await draining
+        finally:
+            for h in replicas.values():
+                await h.close()
+
+    asyncio.run(main())
 
 
 def test_a_principal_refused_by_the_unary_method_is_refused_for_each_item(
