@@ -155,8 +155,8 @@ class Database:
             self._write_queue.release()
 
     async def write_batched(self, work: Callable[[AsyncConnection], Coroutine[Any, Any, T]]) -> T:
-        """`work` in a read-write transaction, like `async with write() as s: await work(s)`,
-        and answered only once that transaction has committed.
+        """`work` run with a connection in a read-write transaction, answered only once that
+        transaction has committed.
 
         On SQLite, calls that arrive while another transaction holds the write lock share the
         next transaction (group commit): each work runs in its own SAVEPOINT, so one that raises
@@ -240,9 +240,16 @@ class Database:
             # so readers' statements never interleave mid-way.
             if self._read_conn is None:
                 self._read_conn = await self.engine.connect()
-            yield self._read_conn
-            if self._read_conn.in_transaction():  # a SQLAlchemy statement began one
-                await self._read_conn.rollback()
+            conn = self._read_conn
+            try:
+                yield conn
+            finally:
+                # A SQLAlchemy statement began a transaction: end it, or every later reader
+                # would read its snapshot.
+                began = conn.in_transaction()
+                if began:
+                    await conn.rollback()
+            if began:
                 raise RuntimeError("Database.connect() is for prepared statements only")
             return
         conn = await self._single_reads.connect()
@@ -323,9 +330,9 @@ def _fail(batch: list[Work], error: BaseException) -> None:
 
 
 async def _run_each(conn: AsyncConnection, batch: list[Work]) -> list[tuple[bool, Any]]:
-    """One transaction, each work of the batch in its own SAVEPOINT, all on the driver (no
-    SQLAlchemy round trip). A work's SQLAlchemy statement makes SQLAlchemy join the transaction;
-    it then ends it, so that it knows the transaction is over."""
+    """SQLite: one transaction, each work of the batch in its own SAVEPOINT, all on the
+    driver (no SQLAlchemy round trip). When a work ran a SQLAlchemy statement, SQLAlchemy joined
+    the transaction; then SQLAlchemy ends it, so that it knows the transaction is over."""
     if not batch:
         return []
     driver: sqlite_inline.Connection = (await raw_connection(conn)).driver_connection

@@ -349,8 +349,15 @@ def test_connect_shares_one_sqlite_connection_and_sees_each_commit(tmp_path) -> 
                 await conn.execute(select(COUNTER.c.value))
         except RuntimeError:
             refused = True
+        try:  # the same, and the block fails as well: its own error, and nothing left open
+            async with db.connect() as conn:
+                await conn.execute(select(COUNTER.c.value))
+                raise ValueError("the caller's own error")
+        except ValueError:
+            pass
         async with db.connect() as conn:
             clean = not conn.in_transaction()
+            await read_value.first(conn, {})  # the next reader is not blamed
         await db.dispose()
         return seen, len(conns) == 1 and refused, clean
 
