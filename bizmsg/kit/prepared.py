@@ -40,6 +40,7 @@ class _Compiled:
     binds: tuple[Processor, ...]
     defaults: dict[str, Any]  # what a parameter is when the caller does not give it
     results: tuple[Processor, ...]
+    converts: bool  # whether any result column needs converting (dates, booleans)
     row: Callable[..., Any]  # makes a named tuple of one result row
 
 
@@ -61,13 +62,16 @@ def _compile(stmt: Any, dialect: Dialect, keys: Sequence[str] | None) -> _Compil
     columns = list(
         stmt.selected_columns if isinstance(stmt, Select) else c.effective_returning or ()
     )
+    results = tuple(
+        col.type.dialect_impl(dialect).result_processor(dialect, None) for col in columns
+    )
     return _Compiled(
         sql=str(c),
         names=names,
         binds=tuple(procs.get(n) for n in names),
         defaults=defaults,
-        results=tuple(col.type.dialect_impl(dialect).result_processor(dialect, None)
-                      for col in columns),
+        results=results,
+        converts=any(p is not None for p in results),
         row=namedtuple("Row", [col.key for col in columns], rename=True)._make,  # type: ignore[misc,attr-defined]
     )  # fmt: skip
 
@@ -100,9 +104,12 @@ class Prepared:
 
     async def rows(self, conn: AsyncConnection, params: Mapping[str, Any]) -> Sequence[Any]:
         """The rows the statement returns (SELECT or RETURNING), processed as SQLAlchemy would."""
-        c, args = self._prepare(conn.dialect.name, params)
-        raw = await _run(conn, c, args, "rows")
+        dialect = conn.dialect.name
+        c, args = self._prepare(dialect, params)
+        raw = await _run(conn, dialect, c, args, "rows")
         results, make = c.results, c.row
+        if not c.converts:
+            return [make(r) for r in raw]
         return [
             make(v if p is None else p(v) for v, p in zip(r, results, strict=True)) for r in raw
         ]
@@ -113,8 +120,9 @@ class Prepared:
 
     async def execute(self, conn: AsyncConnection, params: Mapping[str, Any]) -> int:
         """Runs a statement that returns no rows; the number of rows it changed."""
-        c, args = self._prepare(conn.dialect.name, params)
-        return int(await _run(conn, c, args, "count"))
+        dialect = conn.dialect.name
+        c, args = self._prepare(dialect, params)
+        return int(await _run(conn, dialect, c, args, "count"))
 
     async def execute_many(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Runs the statement once per row (all rows with the same keys)."""
@@ -122,7 +130,7 @@ class Prepared:
             return
         dialect = conn.dialect.name
         c, _ = self._prepare(dialect, rows[0])
-        await _run(conn, c, [self._prepare(dialect, r)[1] for r in rows], "many")
+        await _run(conn, dialect, c, [self._prepare(dialect, r)[1] for r in rows], "many")
 
 
 # PostgreSQL: callbacks given every statement sent here (tests and the bench count statements;
@@ -152,10 +160,12 @@ async def raw_connection(conn: AsyncConnection) -> Any:
     return raw if raw is not None else await conn.get_raw_connection()
 
 
-async def _run(conn: AsyncConnection, c: _Compiled, args: list[Any], kind: str) -> Any:
+async def _run(
+    conn: AsyncConnection, dialect: str, c: _Compiled, args: list[Any], kind: str
+) -> Any:
     raw = await raw_connection(conn)
     driver: Any = raw.driver_connection
-    if conn.dialect.name == "sqlite":
+    if dialect == "sqlite":
         try:
             if kind == "rows":
                 return await driver.execute_fetchall(c.sql, args)
