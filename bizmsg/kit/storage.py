@@ -252,11 +252,8 @@ class Database:
             if began:
                 raise RuntimeError("Database.connect() is for prepared statements only")
             return
-        conn = await self._single_reads.connect()
-        try:
+        async with self._pooled(self._single_reads) as conn:
             yield conn
-        finally:
-            await self._close(conn.close())
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -271,7 +268,13 @@ class Database:
             async with self._write_turn() as held:
                 yield held
             return
-        conn = await self._writer.connect()
+        async with self._pooled(self._writer) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _pooled(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+        """A connection from the pool, given back also when the caller is cancelled."""
+        conn = await engine.connect()
         try:
             yield conn
         finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +141,11 @@ class Harness:
         )
         self.header = bearer(principal)
         self.server: RunningService | None = None
-        self.channel = grpc.aio.insecure_channel(self.target)
+        self.connect(self.target)
+
+    def connect(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+        """The channel, stub and StreamClient the test calls through, to `target`."""
+        self.channel = grpc.aio.insecure_channel(target, options=options)
         self.stub = consent_pb2_grpc.ConsentServiceStub(self.channel)
         self.client: multiplex.StreamClient[pb.CheckConsentRequest, pb.CheckConsentResponse] = (
             multiplex.StreamClient(
@@ -441,18 +445,7 @@ def test_an_item_a_draining_replica_did_not_read_goes_to_another(tmp_path: Path)
         # One client over both replicas, as behind a load balancer.
         client = replicas["a"]
         await client.channel.close()
-        client.channel = grpc.aio.insecure_channel(
-            f"ipv4:{targets}", options=[("grpc.lb_policy_name", "round_robin")]
-        )
-        client.stub = consent_pb2_grpc.ConsentServiceStub(client.channel)
-        client.client = multiplex.StreamClient(
-            "consent",
-            client.stub.CheckConsentStream,
-            pb.CheckConsentStreamItem,
-            batch=pb.CheckConsentStreamRequest,
-            authorization=lambda: client.header,
-            call_timeout=5.0,
-        )
+        client.connect(f"ipv4:{targets}", options=[("grpc.lb_policy_name", "round_robin")])
         try:
             holder = (await client.check("name")).consent_id  # the stream's replica
             other = "b" if holder == "a" else "a"
