@@ -53,11 +53,24 @@ def figures(out: Outcome, quick: bool) -> dict[str, Any]:
     null_rps = scen.get("null", {}).get("peak_rps")
     send_rps = scen.get("send", {}).get("peak_rps")
     by_level: dict[str, float] = {}
+    cpu_by_level: dict[str, dict[str, float]] = {}
     if "null" in out.scenarios and "send" in out.scenarios:
-        null_at = {p.concurrency: p.rps for p in out.scenarios["null"].points}
+        null_points = {p.concurrency: p for p in out.scenarios["null"].points}
         for p in out.scenarios["send"].points:
-            if null_at.get(p.concurrency):
-                by_level[str(p.concurrency)] = round(p.rps / null_at[p.concurrency], 3)
+            n = null_points.get(p.concurrency)
+            if n is not None and n.rps:
+                by_level[str(p.concurrency)] = round(p.rps / n.rps, 3)
+            null_cpu, send_cpu = (
+                sum(q.cpu_ms_per_call.values()) if q is not None else 0.0 for q in (n, p)
+            )
+            if null_cpu and send_cpu:
+                # All processes share the machine's CPUs: where they are the limit, the
+                # throughput ratio follows the ratio of CPU spent per call.
+                cpu_by_level[str(p.concurrency)] = {
+                    "null_ms": round(null_cpu, 2),
+                    "send_ms": round(send_cpu, 2),
+                    "ratio": round(null_cpu / send_cpu, 3),
+                }
     rss: dict[str, float] = {}
     for s in scen.values():
         for name, mb in s["rss_mb"].items():
@@ -72,6 +85,7 @@ def figures(out: Outcome, quick: bool) -> dict[str, Any]:
         "ratio": round(send_rps / null_rps, 3) if null_rps and send_rps else None,
         "ratio_target": TARGET_RATIO,
         "ratio_by_concurrency": by_level,
+        "cpu_per_call_by_concurrency": cpu_by_level,
         "scenarios": scen,
         "rss_mb": rss,
         "rss_limit_mb": RSS_LIMIT_MB,
@@ -150,6 +164,15 @@ def table(out: Outcome, fig: dict[str, Any]) -> str:
         lines.append(
             "ratio at equal concurrency: "
             + ", ".join(f"c={c}: {r:.2f}" for c, r in fig["ratio_by_concurrency"].items())
+        )
+    if fig["cpu_per_call_by_concurrency"]:
+        lines.append(
+            "CPU per call in all services, null / SendMessage (their ratio bounds the "
+            "throughput ratio when CPU is the limit): "
+            + ", ".join(
+                f"c={c}: {v['null_ms']:.1f} / {v['send_ms']:.1f} ms = {v['ratio']:.2f}"
+                for c, v in fig["cpu_per_call_by_concurrency"].items()
+            )
         )
     rss = ", ".join(f"{n} {mb:.0f}" for n, mb in fig["rss_mb"].items())
     lines.append(f"peak RSS MB (limit {RSS_LIMIT_MB:.0f}): {rss}")

@@ -134,5 +134,9 @@ def test_every_scenario_on_the_real_services(tmp_path: Path) -> None:
         assert point["codes"].get("OK", 0) > 0, (key, point["codes"])
         assert point["ok_fraction"] == 1.0, (key, point["codes"])
     assert fig["ratio"] is not None and fig["ratio"] > 0
+    cpu = fig["cpu_per_call_by_concurrency"]["4"]  # what bounds the ratio where CPU is the limit
+    assert cpu["null_ms"] > 0 and cpu["send_ms"] > 0
+    assert abs(cpu["ratio"] - cpu["null_ms"] / cpu["send_ms"]) < 0.05  # the ms are rounded
     assert set(fig["rss_mb"]) >= {"consent", "billing", "delivery", "ads"}
     assert "null pipeline peak" in report.table(outcome, fig)
+    assert "CPU per call in all services" in report.table(outcome, fig)
