@@ -13,7 +13,8 @@ what a small message does, so under load one write carries many calls.
 
 - `StreamClient` (the caller): opens the stream lazily, numbers and writes each request (one
   writer, as grpc.aio allows no concurrent writes), resolves the caller when its answer comes,
-  in any order, and gives each item the deadline a unary call would have. A failed item raises
+  in any order, and gives each item the deadline a unary call would have; when a caller goes
+  away, the server is told to cancel its item, as it would a unary call. A failed item raises
   the grpc.aio.AioRpcError the unary call would (status details in the trailing metadata, so
   errors.status_details works unchanged); a broken stream fails its pending items with
   UNAVAILABLE and the next call opens a new one. An item that provably never ran (the server
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -159,21 +161,25 @@ class _Stream(Generic[Resp]):
         if not any(key == ACCEPTED_KEY for key, _ in metadata or ()):
             return
         self.accepted = True
-        while (item := await self._outbox.get()) is not None:
+        while (entry := await self._outbox.get()) is not None:
             # Everything waiting goes in this one write.
             batch = self._batch()
-            batch.items.append(item)
+            _add(batch, entry)
             while not self._outbox.empty():
-                item = self._outbox.get_nowait()
-                if item is None:
+                entry = self._outbox.get_nowait()
+                if entry is None:
                     yield batch
                     return
-                batch.items.append(item)
+                _add(batch, entry)
             yield batch
 
     def send(self, correlation_id: int, item: Any, answer: asyncio.Future[Resp]) -> None:
         self.pending[correlation_id] = answer
         self._outbox.put_nowait(item)
+
+    def cancel(self, correlation_id: int) -> None:
+        """The item's caller went away: the server is told to cancel it."""
+        self._outbox.put_nowait(correlation_id)
 
     def retire(self) -> None:
         """Take no new items; the server answers those sent, then ends the stream."""
@@ -235,6 +241,15 @@ class _Stream(Generic[Resp]):
         self.call.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+
+
+def _add(batch: Any, entry: Any) -> None:
+    """An outbox entry into the message being written: an item, or (an int) the
+    correlation_id of an item to cancel."""
+    if isinstance(entry, int):
+        batch.cancel.append(entry)
+    else:
+        batch.items.append(entry)
 
 
 class StreamClient(Generic[Req, Resp]):
@@ -337,6 +352,10 @@ class StreamClient(Generic[Req, Resp]):
         stream.send(correlation_id, item, answer)
         try:
             return await asyncio.wait_for(answer, seconds)
+        except asyncio.CancelledError:
+            if answer.cancelled():  # no answer came (wait_for cancelled the future)
+                stream.cancel(correlation_id)  # as a unary call's cancellation reaches its server
+            raise
         except TimeoutError:
             if not stream.accepted:
                 # The server never even accepted the stream: drop it (its other items go
@@ -387,7 +406,7 @@ async def serve(
     await context.send_initial_metadata(((ACCEPTED_KEY, "1"),))  # StreamClient writes now
     # (correlation_id, response or failure status); None ends the stream.
     answers: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
-    running: set[asyncio.Task[None]] = set()
+    running: dict[int, asyncio.Task[None]] = {}  # by correlation_id
 
     async def answer(item: StreamItem[Any]) -> None:
         timeout = item.timeout.ToTimedelta().total_seconds() if item.HasField("timeout") else None
@@ -396,19 +415,28 @@ async def serve(
         )
         answers.put_nowait((item.correlation_id, result))
 
+    def done(correlation_id: int, task: asyncio.Task[None]) -> None:
+        if running.get(correlation_id) is task:
+            del running[correlation_id]
+
     async def read() -> None:
         async for message in requests:
             for item in message.items:
                 task = asyncio.create_task(answer(item))
-                running.add(task)
-                task.add_done_callback(running.discard)
+                running[item.correlation_id] = task
+                task.add_done_callback(functools.partial(done, item.correlation_id))
+            for correlation_id in message.cancel:
+                # Its caller went away: cancelled as a unary handler is (logged CANCELLED,
+                # nothing answered).
+                if (cancelled := running.get(correlation_id)) is not None:
+                    cancelled.cancel()
 
     async def read_then_finish() -> None:
         try:
             # Until the client stops writing, or the server drains.
             await _until_set(read(), items.draining)
             if running:  # nothing is added any more: wait for what was read
-                await asyncio.wait(set(running))
+                await asyncio.wait(set(running.values()))
         finally:
             answers.put_nowait(None)
 
@@ -438,5 +466,5 @@ async def serve(
         await reader
     finally:
         reader.cancel()
-        for task in list(running):
+        for task in list(running.values()):
             task.cancel()

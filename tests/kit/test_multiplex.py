@@ -464,6 +464,29 @@ def test_an_item_a_draining_replica_did_not_read_goes_to_another(tmp_path: Path)
     asyncio.run(main())
 
 
+def test_a_caller_that_goes_away_cancels_its_item_on_the_server(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a unary call's cancellation reaches its handler: the item's handler is cancelled and
+    logged CANCELLED, and the stream goes on serving."""
+    caplog.set_level(logging.INFO, logger="bizmsg.rpc")
+
+    async def scenario(h: Harness) -> None:
+        assert (await h.check("ok", "before")).consent_id == "before"  # the stream is open
+        caller = asyncio.create_task(h.check("sleep:10", "gone"))
+        await asyncio.sleep(0.3)  # written, and sleeping on the server
+        caller.cancel()
+        deadline = time.monotonic() + 3
+        while h.servicer.cancelled == 0:
+            assert time.monotonic() < deadline, "the server's handler was not cancelled"
+            await asyncio.sleep(0.02)
+        assert (await h.check("ok", "after")).consent_id == "after"  # same stream, still fine
+
+    run(tmp_path, scenario)
+    codes = [line["code"] for line in rpc_lines(caplog, UNARY)]
+    assert "CANCELLED" in codes
+
+
 def test_a_principal_refused_by_the_unary_method_is_refused_for_each_item(
     tmp_path: Path,
 ) -> None:
