@@ -48,6 +48,9 @@ from delivery_svc.policy import AUTHORIZATION_MARGIN, Status, category_name, con
 
 log = logging.getLogger("delivery.send")
 METHOD = "SendMessage"
+# Seconds between attempts to learn an unknown authorization's outcome while billing cannot be
+# reached (about ten minutes in all); after that billing's own timeout releases the hold.
+RELEASE_RETRIES: tuple[float, ...] = (0.5, 1, 2, 4, 8, 15, 30, 60, 60, 60, 60, 60, 60, 60, 60, 60)
 
 
 @dataclass(frozen=True)
@@ -208,17 +211,23 @@ class Sending:
     async def _release(
         self, ask: Callable[[], Awaitable[billing_pb2.AuthorizeChargeResponse]], message_id: str
     ) -> None:
-        try:
-            auth = await ask()
-        except DomainError as e:
-            # Refused now (e.g. funds): then nothing was authorized before either.
-            log.warning(
-                "could not learn the outcome of an authorization; if billing made one, its "
-                "timeout will release it",
-                extra={"fields": {"message_id": message_id, "reason": e.reason}},
-            )
+        for delay in (*RELEASE_RETRIES, None):
+            try:
+                auth = await ask()
+            except DomainError as e:
+                if delay is not None and _outcome_unknown(e):
+                    await asyncio.sleep(delay)  # billing still unreachable: try again later
+                    continue
+                # Refused now (e.g. funds): then nothing was authorized before either. Or
+                # billing stayed unreachable: its timeout releases what it may have made.
+                log.warning(
+                    "could not learn the outcome of an authorization; if billing made one, "
+                    "its timeout will release it",
+                    extra={"fields": {"message_id": message_id, "reason": e.reason}},
+                )
+                return
+            await self._void_quietly(message_id, _Charge(authorization_id=auth.authorization_id))
             return
-        await self._void_quietly(message_id, _Charge(authorization_id=auth.authorization_id))
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Runs `work` after the call that started it is over: not bound by that call's

@@ -10,10 +10,12 @@ it. In-process, with a stand-in for billing whose first answer never comes in ti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Any
 
 import grpc
+import pytest
 
 from bizmsg.billing.v1 import billing_pb2
 from bizmsg.common.v1 import common_pb2
@@ -22,16 +24,19 @@ from bizmsg.kit.auth import Principal
 from bizmsg.kit.clock import ManualClock
 from bizmsg.kit.errors import DomainError
 from bizmsg.kit.multiplex import rpc_error
+from delivery_svc import sending as sending_module
 from delivery_svc.dependencies import dependency_error
 from delivery_svc.sending import Outgoing, Sending
 
 
 class Billing:
     """Consent allows; billing's first AuthorizeCharge hangs (or fails as told), a repeat with
-    the same request_id answers with the authorization the first one made."""
+    the same request_id answers with the authorization the first one made (after failing
+    UNAVAILABLE `unreachable` times)."""
 
-    def __init__(self, first: grpc.StatusCode | None = None) -> None:
+    def __init__(self, first: grpc.StatusCode | None = None, unreachable: int = 0) -> None:
         self.first = first
+        self.unreachable = unreachable
         self.asked: list[str] = []
         self.voided: list[tuple[str, str]] = []
 
@@ -44,12 +49,18 @@ class Billing:
             if self.first is None:
                 await asyncio.Event().wait()  # billing is still at it when the caller goes
             else:
-                failed = rpc_error(self.first, "billing failed")
-                raise dependency_error("billing", failed) from failed  # as Dependencies does
+                _fail(self.first)
+        elif len(self.asked) <= 1 + self.unreachable:
+            _fail(grpc.StatusCode.UNAVAILABLE)
         return billing_pb2.AuthorizeChargeResponse(authorization_id=f"auth-{message_id}")
 
     async def void(self, request_id: str, authorization_id: str, reason: int) -> None:
         self.voided.append((request_id, authorization_id))
+
+
+def _fail(code: grpc.StatusCode) -> None:
+    failed = rpc_error(code, "billing failed")
+    raise dependency_error("billing", failed) from failed  # as Dependencies does
 
 
 def _sending(billing: Billing) -> Sending:
@@ -126,3 +137,24 @@ def test_a_refusal_by_billing_is_not_asked_again() -> None:
     assert error is not None and error.reason == "INSUFFICIENT_FUNDS"
     assert billing.asked == ["m3"]
     assert billing.voided == []
+
+
+def test_the_release_waits_out_billing_being_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The case the release is for (billing did not answer in time) is also the case in which
+    billing may not answer the repeat either: it is asked again, with pauses, until it does."""
+    monkeypatch.setattr(sending_module, "RELEASE_RETRIES", (0.01,) * 5)
+
+    async def go() -> Billing:
+        billing = Billing(first=grpc.StatusCode.DEADLINE_EXCEEDED, unreachable=3)
+        sending = _sending(billing)
+        with contextlib.suppress(DomainError):
+            await sending._consent_and_charge("m4", OUT, "DE")
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if not sending._settling:
+                break
+        return billing
+
+    billing = asyncio.run(go())
+    assert billing.asked == ["m4"] * 5  # the call, three unanswered repeats, the answer
+    assert billing.voided == [("void-m4", "auth-m4")]
