@@ -47,6 +47,12 @@ Work = tuple[Callable[[AsyncConnection], Awaitable[Any]], asyncio.Future[Any]]
 _WRITE = "bizmsg_write"
 # How long a writer waits for its turn on SQLite before the caller gets UNAVAILABLE.
 WRITE_QUEUE_TIMEOUT = 30.0
+# Loop turns a group commit waits before it takes its batch. Under load each turn runs the
+# callbacks that are ready (answers from other services, new calls), and the writes they lead
+# to join the batch. Measured in delivery under `bizmsg bench --quick --only send`: 1.4-1.7
+# messages per commit with one turn, 2.4-2.5 with 8, 2.7-2.9 with 16, 3.0 with 32. Idle, a turn
+# costs a few microseconds.
+GATHER_TURNS = 8
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -191,8 +197,10 @@ class Database:
     async def _run_batches(self) -> None:
         try:
             while self._batch:
-                # One turn of the loop first: callers that are ready join this batch.
-                await asyncio.sleep(0)
+                # A few turns of the loop first: under load the loop holds answers from other
+                # services and new calls, and the writes they lead to join this batch.
+                for _ in range(GATHER_TURNS):
+                    await asyncio.sleep(0)
                 batch: list[Work] = []
                 try:
                     async with self._batch_connection() as conn:
