@@ -12,6 +12,7 @@ same grpc errors as the unary calls; BIZMSG_INTERNAL_STREAMS=0 makes them unary 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 import grpc
@@ -44,6 +45,50 @@ UNREACHABLE = {
 }
 # When billing gives no RetryInfo for an empty wallet: try again after a top-up.
 FUNDS_RETRY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    """What delivery asks billing to authorize for one message; kept in the outbox when the
+    answer was lost, so that the same request can be made again (see Dependencies.release)."""
+
+    message_id: str  # the request_id: a repeat replays billing's answer
+    business_id: str
+    country: str
+    category: int
+    window_kind: int
+    hold: timedelta
+
+    def request(self) -> billing_pb2.AuthorizeChargeRequest:
+        return billing_pb2.AuthorizeChargeRequest(
+            request_id=self.message_id,
+            business_id=self.business_id,
+            recipient_country=self.country,
+            category=self.category,  # type: ignore[arg-type]
+            window=self.window_kind,  # type: ignore[arg-type]
+            timeout=to_duration(self.hold),
+        )
+
+    def payload(self) -> dict[str, str]:
+        return {
+            "message_id": self.message_id,
+            "business_id": self.business_id,
+            "country": self.country,
+            "category": str(self.category),
+            "window_kind": str(self.window_kind),
+            "hold_seconds": str(self.hold.total_seconds()),
+        }
+
+    @classmethod
+    def from_payload(cls, p: dict[str, str]) -> ChargeRequest:
+        return cls(
+            message_id=p["message_id"],
+            business_id=p["business_id"],
+            country=p["country"],
+            category=int(p["category"]),
+            window_kind=int(p["window_kind"]),
+            hold=timedelta(seconds=float(p["hold_seconds"])),
+        )
 
 
 def is_retryable(e: grpc.aio.AioRpcError) -> bool:
@@ -154,23 +199,8 @@ class Dependencies:
         except grpc.aio.AioRpcError as e:
             raise dependency_error("consent", e) from e
 
-    async def authorize(
-        self,
-        message_id: str,
-        business_id: str,
-        country: str,
-        category: int,
-        window: int,
-        hold: timedelta,
-    ) -> billing_pb2.AuthorizeChargeResponse:
-        req = billing_pb2.AuthorizeChargeRequest(
-            request_id=message_id,
-            business_id=business_id,
-            recipient_country=country,
-            category=category,  # type: ignore[arg-type]
-            window=window,  # type: ignore[arg-type]
-            timeout=to_duration(hold),
-        )
+    async def authorize(self, charge: ChargeRequest) -> billing_pb2.AuthorizeChargeResponse:
+        req = charge.request()
         try:
             if self._authorizations is not None:
                 return await self._authorizations.call(req)
@@ -179,7 +209,20 @@ class Dependencies:
         except grpc.aio.AioRpcError as e:
             raise dependency_error("billing", e) from e
 
-    # The three below are the outbox's calls: they raise grpc errors for the relay to judge.
+    # The four below are the outbox's calls: they raise grpc errors for the relay to judge.
+
+    async def release(self, charge: ChargeRequest) -> None:
+        """Voids what an authorization whose outcome was unknown made, if anything: the same
+        request replays billing's answer (or authorizes now). A refusal means nothing is held."""
+        try:
+            auth = await self.billing.AuthorizeCharge(charge.request())
+        except grpc.aio.AioRpcError as e:
+            if is_retryable(e) and e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            return  # refused by billing's rules (the wallet, say): no hold was made
+        await self.void(
+            f"void-{charge.message_id}", auth.authorization_id, billing_pb2.VOID_REASON_CANCELLED
+        )
 
     async def capture(self, request_id: str, authorization_id: str) -> None:
         await self.billing.CaptureCharge(

@@ -1,4 +1,5 @@
-"""Background work: the outbox relay (capture, void, business reply) and the expiry sweep.
+"""Background work: the outbox relay (capture, void, release, business reply) and the expiry
+sweep.
 
 The relay runs when a commit in this process added outbox rows (Notifier key OUTBOX) and
 otherwise every interval, as a sweep for rows of other replicas, retries and leases that
@@ -25,7 +26,7 @@ from bizmsg.billing.v1 import billing_pb2
 from bizmsg.kit.clock import Clock
 from bizmsg.kit.storage import Database
 from delivery_svc import store
-from delivery_svc.dependencies import Dependencies, is_retryable
+from delivery_svc.dependencies import ChargeRequest, Dependencies, is_retryable
 from delivery_svc.notify import OUTBOX, Notifier, status_key
 from delivery_svc.policy import Status, minute_window
 from delivery_svc.statuses import record_moves
@@ -74,6 +75,8 @@ class Relay:
             await self.deps.capture(f"capture-{p['message_id']}", p["authorization_id"])
         elif item.kind == "VOID":
             await self.deps.void(f"void-{p['message_id']}", p["authorization_id"], int(p["reason"]))
+        elif item.kind == "RELEASE":
+            await self.deps.release(ChargeRequest.from_payload(p))
         elif item.kind == "BUSINESS_REPLY":
             await self.deps.record_business_reply(
                 f"reply-{p['message_id']}", p["business_id"], p["person_id"]

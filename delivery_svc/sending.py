@@ -19,9 +19,8 @@ A person's message is never charged; consent records it first (opening the windo
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,21 +35,18 @@ from bizmsg.delivery.v1 import delivery_pb2
 from bizmsg.kit import calls
 from bizmsg.kit.auth import Principal
 from bizmsg.kit.clock import Clock
-from bizmsg.kit.errors import DomainError, FailedPrecondition, NotFound
+from bizmsg.kit.errors import FailedPrecondition, NotFound
 from bizmsg.kit.idempotency import Idempotency
 from bizmsg.kit.ids import new_id
 from bizmsg.kit.storage import Database
 from bizmsg.kit.timeutil import to_timestamp
 from delivery_svc import limits, store
-from delivery_svc.dependencies import UNREACHABLE, Dependencies
+from delivery_svc.dependencies import UNREACHABLE, ChargeRequest, Dependencies
 from delivery_svc.notify import OUTBOX, Notifier, mailbox_key, status_key
 from delivery_svc.policy import AUTHORIZATION_MARGIN, Status, category_name, consent_reason
 
 log = logging.getLogger("delivery.send")
 METHOD = "SendMessage"
-# Seconds between attempts to learn an unknown authorization's outcome while billing cannot be
-# reached (about ten minutes in all); after that billing's own timeout releases the hold.
-RELEASE_RETRIES: tuple[float, ...] = (0.5, 1, 2, 4, 8, 15, 30, 60, 60, 60, 60, 60, 60, 60, 60, 60)
 
 
 @dataclass(frozen=True)
@@ -173,18 +169,15 @@ class Sending:
                 metadata={"category": category_name(out.category)},
             )
         window_kind = decision.window.kind or common_pb2.WINDOW_KIND_NONE
-        auth = await self._authorize(
-            functools.partial(
-                self.deps.authorize,
-                message_id,
-                business_id,
-                country,
-                out.category,
-                window_kind,
-                out.ttl + AUTHORIZATION_MARGIN,
-            ),
-            message_id,
+        charge = ChargeRequest(
+            message_id=message_id,
+            business_id=business_id,
+            country=country,
+            category=out.category,
+            window_kind=window_kind,
+            hold=out.ttl + AUTHORIZATION_MARGIN,
         )
+        auth = await self._authorize(charge)
         return _Charge(
             authorization_id=auth.authorization_id,
             price=auth.price,
@@ -193,41 +186,32 @@ class Sending:
             free_entry_pending=decision.free_entry_pending,
         )
 
-    async def _authorize(
-        self, ask: Callable[[], Awaitable[billing_pb2.AuthorizeChargeResponse]], message_id: str
-    ) -> billing_pb2.AuthorizeChargeResponse:
+    async def _authorize(self, charge: ChargeRequest) -> billing_pb2.AuthorizeChargeResponse:
         try:
-            return await ask()
+            return await self.deps.authorize(charge)
         except BaseException as e:
             if _outcome_unknown(e):
                 # Billing may have authorized all the same: a stream item runs on when its
                 # caller goes away, and a call that timed out may have committed. Its hold
                 # would keep the business's funds until the authorization expires (the
-                # message's TTL and a day). So ask again, once this call is over: the same
-                # request_id replays billing's answer (or authorizes now), and void that.
-                self._in_background(self._release(ask, message_id))
+                # message's TTL and a day). So the outbox asks again (the same request_id
+                # replays billing's answer, or authorizes now) and voids that, retrying while
+                # billing cannot be reached, across restarts.
+                self._in_background(self._queue_release(charge))
             raise
 
-    async def _release(
-        self, ask: Callable[[], Awaitable[billing_pb2.AuthorizeChargeResponse]], message_id: str
-    ) -> None:
-        for delay in (*RELEASE_RETRIES, None):
-            try:
-                auth = await ask()
-            except DomainError as e:
-                if delay is not None and _outcome_unknown(e):
-                    await asyncio.sleep(delay)  # billing still unreachable: try again later
-                    continue
-                # Refused now (e.g. funds): then nothing was authorized before either. Or
-                # billing stayed unreachable: its timeout releases what it may have made.
-                log.warning(
-                    "could not learn the outcome of an authorization; if billing made one, "
-                    "its timeout will release it",
-                    extra={"fields": {"message_id": message_id, "reason": e.reason}},
-                )
-                return
-            await self._void_quietly(message_id, _Charge(authorization_id=auth.authorization_id))
+    async def _queue_release(self, charge: ChargeRequest) -> None:
+        row = store.outbox_row("RELEASE", charge.payload(), self.clock.now())
+        try:
+            await self.db.write_batched(lambda conn: store.add_outbox(conn, [row]))
+        except Exception:
+            log.exception(
+                "could not queue the release of an authorization; if billing made one, its "
+                "timeout will release it",
+                extra={"fields": {"message_id": charge.message_id}},
+            )
             return
+        self.notifier.notify(OUTBOX)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Runs `work` after the call that started it is over: not bound by that call's
