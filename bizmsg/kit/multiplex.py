@@ -286,6 +286,7 @@ class StreamClient(Generic[Req, Resp]):
         self._max_age = max_age
         self._ids = itertools.count(1)
         self._stream: _Stream[Resp] | None = None
+        self._closed = False
 
     def _current(self) -> _Stream[Resp]:
         stream = self._stream
@@ -304,6 +305,8 @@ class StreamClient(Generic[Req, Resp]):
 
     async def call(self, request: Req) -> Resp:
         """What the unary call would return, or the grpc.aio.AioRpcError it would raise."""
+        if self._closed:
+            return await self._after_close(request)
         if self._unary is not None and time.monotonic() < self._unary_until:
             return await self._unary(request)
         try:
@@ -333,6 +336,8 @@ class StreamClient(Generic[Req, Resp]):
             except _Unsent:
                 # It never ran (a replica drained, say): again on a new stream, which the
                 # channel opens on a replica that serves, while the deadline allows.
+                if self._closed:
+                    return await self._after_close(request)
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     raise
@@ -367,9 +372,18 @@ class StreamClient(Generic[Req, Resp]):
             stream.pending.pop(correlation_id, None)
 
     async def close(self, grace: float = 1.0) -> None:
+        """Ends the stream once its pending calls are answered (within `grace`). No stream is
+        opened after this: later calls, and items the closing stream gave back unread, go
+        unary (or fail UNAVAILABLE without a unary method)."""
+        self._closed = True
         stream, self._stream = self._stream, None
         if stream is not None:
             await stream.close(grace)
+
+    async def _after_close(self, request: Req) -> Resp:
+        if self._unary is None:
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"the stream to {self._name} is closed")
+        return await self._unary(request)
 
 
 # --- the server's end ----------------------------------------------------------------------

@@ -546,6 +546,35 @@ def test_a_new_token_opens_a_new_stream(tmp_path: Path, caplog: pytest.LogCaptur
     run(tmp_path, scenario)
 
 
+def test_a_closed_client_opens_no_new_stream(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At shutdown the client is closed before the channel: a call made after that (or an item
+    the closing stream gave back unread) goes unary, and no stream is left open behind it."""
+    caplog.set_level(logging.INFO, logger="bizmsg.rpc")
+
+    async def scenario(h: Harness) -> None:
+        await h.check("ok", "before")
+        await h.client.close()
+        assert (await h.check("ok", "after")).consent_id == "after"
+        no_unary = multiplex.StreamClient(
+            "consent",
+            h.stub.CheckConsentStream,
+            pb.CheckConsentStreamItem,
+            batch=pb.CheckConsentStreamRequest,
+            authorization=lambda: h.header,
+            call_timeout=5.0,
+        )
+        await no_unary.close()
+        refused = await raises(no_unary.call(pb.CheckConsentRequest(business_id="ok")))
+        assert refused.code() == grpc.StatusCode.UNAVAILABLE
+
+    run(tmp_path, scenario)
+    assert [s["code"] for s in rpc_lines(caplog, STREAM)] == ["OK"]  # the one, ended cleanly
+    lines = rpc_lines(caplog, UNARY)
+    assert ["stream" in line for line in lines] == [True, False]
+
+
 def test_a_dependency_without_the_stream_is_called_unary(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
