@@ -111,6 +111,11 @@ class _Unsent(grpc.aio.AioRpcError):  # type: ignore[misc]
     written). StreamClient sends such an item again on a new stream."""
 
 
+def _expire(answer: asyncio.Future[Any]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError())
+
+
 def _error_from_status(packed: any_pb2.Any) -> grpc.aio.AioRpcError:
     status = status_pb2.Status()
     packed.Unpack(status)
@@ -352,13 +357,17 @@ class StreamClient(Generic[Req, Resp]):
             timeout=_duration(seconds),
             request=request,
         )
-        answer: asyncio.Future[Resp] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Resp] = loop.create_future()
         stream = self._current()
         stream.send(correlation_id, item, answer)
+        # The deadline as a timer on the answer itself: asyncio.wait_for would add a future,
+        # callbacks and a cancellation round per call.
+        timer = loop.call_later(seconds, _expire, answer)
         try:
-            return await asyncio.wait_for(answer, seconds)
+            return await answer
         except asyncio.CancelledError:
-            if answer.cancelled():  # no answer came (wait_for cancelled the future)
+            if answer.cancelled():  # the caller went away before the answer came
                 stream.cancel(correlation_id)  # as a unary call's cancellation reaches its server
             raise
         except TimeoutError:
@@ -369,6 +378,7 @@ class StreamClient(Generic[Req, Resp]):
                 stream.call.cancel()
             raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         finally:
+            timer.cancel()
             stream.pending.pop(correlation_id, None)
 
     async def close(self, grace: float = 1.0) -> None:
