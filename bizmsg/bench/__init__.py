@@ -1,5 +1,6 @@
-"""`bizmsg bench`: SendMessage end to end against a null pipeline of the same shape, plus
-CheckConsent, AuthorizeCharge and ServeAd alone, under h2load, with a fixed concurrency sweep.
+"""`bizmsg bench`: SendMessage end to end against a null pipeline of the same shape (and a kit
+pipeline: the same hops through bizmsg's framework with empty handlers), plus CheckConsent,
+AuthorizeCharge and ServeAd alone, under h2load, with a fixed concurrency sweep.
 `bizmsg bench --scale` instead runs the three per-service scale benchmarks (1,000,000 consents,
 1,000,000 transfers, 10,000 campaigns) and prints their figures in one table."""
 
@@ -36,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         default="",
-        help="comma-separated scenarios (null,send,check,authorize,serve); default: all",
+        help="comma-separated scenarios (null,kit,send,check,authorize,serve); default: all",
     )
     p.add_argument(
         "--profile",

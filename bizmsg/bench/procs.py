@@ -1,4 +1,5 @@
-"""Processes the bench starts itself (the null pipeline) and memory readings of any process."""
+"""Processes the bench starts itself (the null and kit pipelines) and memory readings of any
+process."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -16,8 +17,16 @@ from bizmsg.kit.processes import REPO_ROOT, free_port, wait_serving
 class BenchProcess:
     """A `python -m <module>` server on a free port, logging to a file."""
 
-    def __init__(self, name: str, module: str, args: Sequence[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        args: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
+        self.env = {**os.environ, **env} if env else None
         self.port = free_port()
         self.argv = [sys.executable, "-m", module, *args, "--port", str(self.port)]
         self.log_path = log_path
@@ -36,7 +45,7 @@ class BenchProcess:
     def start(self) -> BenchProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            self.argv, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT
+            self.argv, cwd=REPO_ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT
         )
         return self
 

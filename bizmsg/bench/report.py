@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import platform
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -52,25 +53,18 @@ def figures(out: Outcome, quick: bool) -> dict[str, Any]:
     scen = {k: _scenario(r) for k, r in out.scenarios.items()}
     null_rps = scen.get("null", {}).get("peak_rps")
     send_rps = scen.get("send", {}).get("peak_rps")
-    by_level: dict[str, float] = {}
-    cpu_by_level: dict[str, dict[str, float]] = {}
-    if "null" in out.scenarios and "send" in out.scenarios:
-        null_points = {p.concurrency: p for p in out.scenarios["null"].points}
-        for p in out.scenarios["send"].points:
-            n = null_points.get(p.concurrency)
-            if n is not None and n.rps:
-                by_level[str(p.concurrency)] = round(p.rps / n.rps, 3)
-            null_cpu, send_cpu = (
-                sum(q.cpu_ms_per_call.values()) if q is not None else 0.0 for q in (n, p)
-            )
-            if null_cpu and send_cpu:
-                # All processes share the machine's CPUs: where they are the limit, the
-                # throughput ratio follows the ratio of CPU spent per call.
-                cpu_by_level[str(p.concurrency)] = {
-                    "null_ms": round(null_cpu, 2),
-                    "send_ms": round(send_cpu, 2),
-                    "ratio": round(null_cpu / send_cpu, 3),
-                }
+    kit_rps = scen.get("kit", {}).get("peak_rps")
+    by_level = _by_level(out, "send", lambda p, n: round(p.rps / n.rps, 3) if n.rps else None)
+    kit_by_level = _by_level(out, "kit", lambda p, n: round(p.rps / n.rps, 3) if n.rps else None)
+    # All processes share the machine's CPUs: where they are the limit, the throughput ratio
+    # follows the ratio of CPU spent per call.
+    cpu_by_level = _by_level(out, "send", _cpu_ratio)
+    kit = out.scenarios.get("kit")
+    kit_cpu = {
+        str(p.concurrency): round(sum(p.cpu_ms_per_call.values()), 2)
+        for p in (kit.points if kit else [])
+        if p.cpu_ms_per_call
+    }
     rss: dict[str, float] = {}
     for s in scen.values():
         for name, mb in s["rss_mb"].items():
@@ -86,6 +80,10 @@ def figures(out: Outcome, quick: bool) -> dict[str, Any]:
         "ratio_target": TARGET_RATIO,
         "ratio_by_concurrency": by_level,
         "cpu_per_call_by_concurrency": cpu_by_level,
+        "kit_rps": kit_rps,
+        "kit_ratio": round(kit_rps / null_rps, 3) if null_rps and kit_rps else None,
+        "kit_ratio_by_concurrency": kit_by_level,
+        "kit_cpu_ms_by_concurrency": kit_cpu,
         "scenarios": scen,
         "rss_mb": rss,
         "rss_limit_mb": RSS_LIMIT_MB,
@@ -127,6 +125,30 @@ def figures(out: Outcome, quick: bool) -> dict[str, Any]:
         "stop_problems": out.stop_problems,
         "seconds": round(out.seconds, 1),
         "shutdown_seconds": round(out.stop_seconds, 1),
+    }
+
+
+def _by_level(out: Outcome, key: str, measure: Callable[[Point, Point], Any]) -> dict[str, Any]:
+    """`measure(point, null point)` at each concurrency both scenarios were measured at."""
+    if key not in out.scenarios or "null" not in out.scenarios:
+        return {}
+    null_points = {p.concurrency: p for p in out.scenarios["null"].points}
+    found = {
+        str(p.concurrency): measure(p, null_points[p.concurrency])
+        for p in out.scenarios[key].points
+        if p.concurrency in null_points
+    }
+    return {level: m for level, m in found.items() if m is not None}
+
+
+def _cpu_ratio(send: Point, null: Point) -> dict[str, float] | None:
+    null_cpu, send_cpu = (sum(q.cpu_ms_per_call.values()) for q in (null, send))
+    if not (null_cpu and send_cpu):
+        return None
+    return {
+        "null_ms": round(null_cpu, 2),
+        "send_ms": round(send_cpu, 2),
+        "ratio": round(null_cpu / send_cpu, 3),
     }
 
 
@@ -174,6 +196,18 @@ def table(out: Outcome, fig: dict[str, Any]) -> str:
                 for c, v in fig["cpu_per_call_by_concurrency"].items()
             )
         )
+    if fig["kit_rps"]:
+        kit = "kit pipeline (the framework and its streams, empty handlers) peak "
+        kit += f"{fig['kit_rps']:.0f}/s"
+        if fig["kit_ratio"]:
+            by_level = fig["kit_ratio_by_concurrency"].items()
+            levels = ", ".join(f"c={c}: {r:.2f}" for c, r in by_level)
+            kit += f", {fig['kit_ratio']:.2f} of the null pipeline ({levels})"
+        if fig["kit_cpu_ms_by_concurrency"]:
+            kit += "; CPU per call in all its services " + ", ".join(
+                f"c={c}: {ms:.1f} ms" for c, ms in fig["kit_cpu_ms_by_concurrency"].items()
+            )
+        lines.append(kit)
     rss = ", ".join(f"{n} {mb:.0f}" for n, mb in fig["rss_mb"].items())
     lines.append(f"peak RSS MB (limit {RSS_LIMIT_MB:.0f}): {rss}")
     gen = fig["loadgen"]
@@ -238,7 +272,7 @@ def chart(out: Outcome, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, label in (("null", "null pipeline"), ("send", "SendMessage")):
+    for key, label in (("null", "null pipeline"), ("kit", "kit pipeline"), ("send", "SendMessage")):
         res = out.scenarios.get(key)
         if res is None or not res.points:
             continue

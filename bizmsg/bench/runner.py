@@ -20,14 +20,14 @@ from bizmsg.bench.null_pipeline import STATS_PATH
 from bizmsg.bench.profile import Profiler
 from bizmsg.bench.scenarios import SCENARIOS, Scenario, stamp
 from bizmsg.bench.seed import Seeded, seed
-from bizmsg.bench.stack import Stack
+from bizmsg.bench.stack import KIT_NAMES, NULL_NAMES, Stack
 from bizmsg.bench.verify import LogWatch, count_rows
 from bizmsg.kit.testing import metadata_for, token_for
 
 
 @dataclass(frozen=True)
 class Plan:
-    levels: tuple[int, ...]  # concurrency sweep of the two pipelines
+    levels: tuple[int, ...]  # concurrency sweep of the pipelines (null, kit, SendMessage)
     single_levels: tuple[int, ...]  # concurrency of the services measured alone
     duration: int  # measured seconds per point
     warmup: int  # seconds per point before measuring
@@ -147,7 +147,9 @@ class Runner:
             progress("starting services", 0)
             if "null" in self.plan.scenarios:
                 self.stack.start_null()
-            real = any(k != "null" for k in self.plan.scenarios)
+            if "kit" in self.plan.scenarios:
+                self.stack.start_kit()
+            real = any(k not in ("null", "kit") for k in self.plan.scenarios)
             if real:
                 self.stack.start_services(
                     self.database_url, self.profiler.env() if self.profiler else None
@@ -170,7 +172,7 @@ class Runner:
                     raise BenchError(f"seeding failed: {e.code().name}: {e.details()}") from e
             chosen = [sc for sc in SCENARIOS if sc.key in self.plan.scenarios]
             results = {sc.key: self._sampled(sc, progress) for sc in chosen}
-            # The two pipelines alternate, level by level: on a machine whose speed drifts
+            # The pipelines alternate, level by level: on a machine whose speed drifts
             # (a shared VM; seen here to change CPU per call by 1.5x within minutes), their
             # ratio then compares points measured a few seconds apart, not minutes.
             pipelines = [sc for sc in chosen if sc.pipeline and not results[sc.key].error]
@@ -265,7 +267,7 @@ class Runner:
         )
         profiled = {n: p for n, p in pids.items() if n in self._relevant(sc)}
         spies = []
-        if self.profiler and sc.target != "null":
+        if self.profiler and sc.target not in ("null", "kit"):
             spies = self.profiler.start(f"{sc.key}-c{level}", profiled, load.duration + load.warmup)
         r = loadgen.run(load, self.work_dir / "runs" / f"{sc.key}-{level}-{self.serial}", self.shim)
         if sc.target == "null":
@@ -275,7 +277,8 @@ class Runner:
                 "UNAVAILABLE": after["failed"] - null_before["failed"],
             }
         else:
-            codes = dict(watch.codes(mark, sc.target, sc.path))
+            logged_by = "kit-front" if sc.target == "kit" else sc.target
+            codes = dict(watch.codes(mark, logged_by, sc.path))
         total = sum(codes.values())
         # h2load resets the streams still in flight when its time is up; the service logs
         # those as CANCELLED. They are the window's edge, not failures: keep them out of
@@ -285,7 +288,7 @@ class Runner:
         stored = None if stored_before is None else (self._stored(sc) or 0) - stored_before
         relevant = self._relevant(sc)
         profile = None
-        if self.profiler and sc.target != "null":
+        if self.profiler and sc.target not in ("null", "kit"):
             profile = self.profiler.finish(f"{sc.key}-c{level}", profiled, spies, total)
         cpu = {
             n: (procs.cpu_seconds(p) or 0.0) - cpu_before[n]
@@ -320,7 +323,9 @@ class Runner:
     @staticmethod
     def _relevant(sc: Scenario) -> tuple[str, ...]:
         if sc.target == "null":
-            return ("null-front", "null-consent", "null-billing")
+            return NULL_NAMES
+        if sc.target == "kit":
+            return KIT_NAMES
         if sc.target == "delivery":
             return ("delivery", "consent", "billing")
         if sc.target == "ads":

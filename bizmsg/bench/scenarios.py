@@ -96,6 +96,16 @@ SCENARIOS = (
         True,
     ),
     Scenario(
+        "kit",
+        "kit pipeline (the same 3 hops through bizmsg's framework, empty handlers)",
+        "kit",
+        SEND_PATH,
+        f"business:{business_id(0)}",
+        send_message,
+        delivery_pb2.SendMessageResponse,
+        True,
+    ),
+    Scenario(
         "send",
         "SendMessage end to end",
         "delivery",

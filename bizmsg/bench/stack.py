@@ -1,5 +1,5 @@
-"""Everything the bench runs against: the four services as real processes and the null pipeline
-(three processes), started on free ports, with their logs and pids."""
+"""Everything the bench runs against: the four services as real processes, and the null and kit
+pipelines (three processes each), started on free ports, with their logs and pids."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from bizmsg.kit.processes import ServiceProcess, start_stack
 
 SERVICES = ("consent", "billing", "delivery", "ads")
 NULL_NAMES = ("null-front", "null-consent", "null-billing")
+KIT_NAMES = ("kit-front", "kit-consent", "kit-billing")
 # A benchmark sends a person far more messages a minute than a conversation would; the
 # per-pair limit (10 a minute) is raised so it is checked on every call but never trips.
 # Calls still in flight when a run ends were abandoned by h2load; a short grace ends the bench
@@ -29,6 +30,7 @@ class Stack:
     work_dir: Path
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     null: dict[str, BenchProcess] = field(default_factory=dict)
+    kit: dict[str, BenchProcess] = field(default_factory=dict)
     databases: list[str] = field(default_factory=list)
     admin_url: str | None = None
     stop_problems: list[str] = field(default_factory=list)
@@ -37,6 +39,8 @@ class Stack:
     def target(self, name: str) -> str:
         if name == "null":
             return self.null["null-front"].target
+        if name == "kit":
+            return self.kit["kit-front"].target
         return self.services[name].target
 
     def database_url(self, name: str) -> str:
@@ -49,12 +53,15 @@ class Stack:
         for name, sp in self.services.items():
             if sp.proc is not None:
                 out[name] = sp.proc.pid
-        for name, bp in self.null.items():
+        for name, bp in (*self.null.items(), *self.kit.items()):
             out[name] = bp.pid
         return out
 
     def logs(self) -> dict[str, Path]:
-        return {name: sp.log_path for name, sp in self.services.items()}
+        """The logs of everything that logs a line per call: the services and the kit pipeline."""
+        out = {name: sp.log_path for name, sp in self.services.items()}
+        out.update({name: bp.log_path for name, bp in self.kit.items()})
+        return out
 
     def start_null(self) -> None:
         logs = self.work_dir / "logs"
@@ -68,6 +75,25 @@ class Stack:
         front_args = ["front", "--consent", consent.target, "--billing", billing.target]
         front = BenchProcess("null-front", leaf, front_args, logs / "null-front.log").start()
         self.null["null-front"] = front
+        front.wait_serving()
+
+    def start_kit(self) -> None:
+        logs = self.work_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        module = "bizmsg.bench.kit_pipeline"
+        # Each process opens a database at start as the services do (unused here).
+        env = {**BENCH_ENV, "BIZMSG_DATA_DIR": str(self.work_dir / "kit-data")}
+
+        def process(role: str, args: list[str]) -> BenchProcess:
+            name = f"kit-{role}"
+            return BenchProcess(name, module, [role, *args], logs / f"{name}.log", env).start()
+
+        consent, billing = process("consent", []), process("billing", [])
+        self.kit = {"kit-consent": consent, "kit-billing": billing}
+        consent.wait_serving()
+        billing.wait_serving()
+        front = process("front", ["--consent", consent.target, "--billing", billing.target])
+        self.kit["kit-front"] = front
         front.wait_serving()
 
     def start_services(
@@ -91,7 +117,7 @@ class Stack:
         try:
             self._stop_services()
         finally:
-            for bp in self.null.values():
+            for bp in (*self.null.values(), *self.kit.values()):
                 bp.stop()
             if self.admin_url:
                 for db in self.databases:

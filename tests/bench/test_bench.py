@@ -137,6 +137,16 @@ def test_every_scenario_on_the_real_services(tmp_path: Path) -> None:
     cpu = fig["cpu_per_call_by_concurrency"]["4"]  # what bounds the ratio where CPU is the limit
     assert cpu["null_ms"] > 0 and cpu["send_ms"] > 0
     assert abs(cpu["ratio"] - cpu["null_ms"] / cpu["send_ms"]) < 0.05  # the ms are rounded
+    # The kit pipeline: the same hops through the framework, with empty handlers.
+    assert fig["kit_rps"] > 0 and fig["kit_ratio"] > 0
+    assert fig["kit_cpu_ms_by_concurrency"]["4"] > 0
+    assert set(fig["scenarios"]["kit"]["points"][0]["peak_rss_mb"]) == {
+        "kit-front",
+        "kit-consent",
+        "kit-billing",
+    }
     assert set(fig["rss_mb"]) >= {"consent", "billing", "delivery", "ads"}
-    assert "null pipeline peak" in report.table(outcome, fig)
-    assert "CPU per call in all services" in report.table(outcome, fig)
+    assert fig["errors_logged"] == []
+    text = report.table(outcome, fig)
+    assert "null pipeline peak" in text and "kit pipeline" in text
+    assert "CPU per call in all services" in text
