@@ -7,14 +7,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 
+import asyncpg
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, bindparam, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bizmsg.kit.auth import Principal, set_current_principal
 from bizmsg.kit.clock import ManualClock
 from bizmsg.kit.errors import AlreadyExists, InvalidArgument
 from bizmsg.kit.idempotency import Idempotency, idempotency_table
+from bizmsg.kit.prepared import Prepared
 from bizmsg.kit.storage import Database, UTCDateTime
 
 metadata = MetaData()
@@ -324,24 +327,25 @@ def _commits(db: Database) -> Iterator[list[int]]:
         event.remove(db.engine.sync_engine, "commit", on_commit)
 
 
-def test_connect_shares_one_sqlite_connection_and_sees_each_commit(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """SQLite's single reads share one held connection; each read sees what committed before
-    it, and a SQLAlchemy statement there (which would open a transaction on the shared
-    connection and pin its snapshot) is refused."""
+def test_connect_holds_its_connection_and_sees_each_commit(database_url: str) -> None:
+    """Single reads run on a connection held open (SQLite: one shared by every reader;
+    PostgreSQL: one lent to each reader in turn, so readers one after the other get the same
+    one); each read sees what committed before it, and a SQLAlchemy statement there (which
+    would begin a transaction on the held connection) is refused."""
     from bizmsg.kit.prepared import Prepared
 
     read_value = Prepared(select(COUNTER.c.value).where(COUNTER.c.id == 1))
 
     async def go() -> tuple[list[int], bool, bool]:
-        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'reads.db'}")
+        db = Database(database_url)
         await _setup(db)
         seen = []
-        conns = set()
+        conns: list[AsyncConnection] = []
         for _ in range(3):
             async with db.write() as s:
                 await s.execute(COUNTER.update().values(value=COUNTER.c.value + 1))
             async with db.connect() as conn:
-                conns.add(id(conn))
+                conns.append(conn)
                 seen.append((await read_value.first(conn, {})).value)
         refused = False
         try:
@@ -359,12 +363,180 @@ def test_connect_shares_one_sqlite_connection_and_sees_each_commit(tmp_path) -> 
             clean = not conn.in_transaction()
             await read_value.first(conn, {})  # the next reader is not blamed
         await db.dispose()
-        return seen, len(conns) == 1 and refused, clean
+        return seen, all(c is conns[0] for c in conns) and refused, clean
 
-    seen, shared_and_refused, clean = run(go())
+    seen, held_and_refused, clean = run(go())
     assert seen == [1, 2, 3]
-    assert shared_and_refused
+    assert held_and_refused
     assert clean
+
+
+SLEEP = Prepared(select(func.pg_sleep(bindparam("seconds", type_=Float))))
+READ_VALUE = Prepared(select(COUNTER.c.value).where(COUNTER.c.id == 1))
+
+
+def _skip_sqlite(database_url: str) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL only: SQLite's readers share one connection")
+
+
+async def _backends(database_url: str, *, running: str = "") -> int:
+    """Server connections to the test's database (but this one's), or those whose statement
+    running now contains `running`."""
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND ($1 = '' OR (state = 'active'"
+                " AND strpos(query, $1) > 0))",
+                running,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def _settle(database_url: str, *, at_most: int, running: str = "") -> int:
+    """The count of _backends once it is at most `at_most`, or after 5 s (a closed connection's
+    server process ends a moment after the client let it go)."""
+    for _ in range(100):
+        count = await _backends(database_url, running=running)
+        if count <= at_most:
+            break
+        await asyncio.sleep(0.05)
+    return count
+
+
+def test_concurrent_readers_use_at_most_pool_size_connections(database_url: str) -> None:
+    """More readers than the pool's size all complete; no two of them share a connection at
+    once (asyncpg runs one statement at a time), and at most pool_size server connections
+    serve them."""
+    _skip_sqlite(database_url)
+
+    async def go() -> tuple[list[int], int, int, bool]:
+        db = Database(database_url, pool_size=3)
+        await _setup(db)
+        lent: set[int] = set()
+        used: list[AsyncConnection] = []  # kept referenced, so that their ids stay theirs
+        shared = False
+        most = 0
+        done = asyncio.Event()
+
+        async def reader() -> int:
+            nonlocal shared
+            async with db.connect() as conn:
+                shared |= id(conn) in lent
+                lent.add(id(conn))
+                if conn not in used:
+                    used.append(conn)
+                await SLEEP.rows(conn, {"seconds": 0.05})
+                value = int((await READ_VALUE.first(conn, {})).value)
+                lent.discard(id(conn))
+            return value
+
+        async def watch() -> None:
+            nonlocal most
+            while not done.is_set():
+                most = max(most, await _backends(database_url))
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            values = await asyncio.gather(*(reader() for _ in range(20)))
+        finally:
+            done.set()
+            await watcher
+        await db.dispose()
+        return list(values), len(used), most, shared
+
+    values, connections, most, shared = run(go())
+    assert values == [0] * 20
+    assert not shared
+    assert connections <= 3
+    assert 1 <= most <= 3  # _setup's connection went back to the pool; readers reuse it
+
+
+def test_a_reader_that_fails_or_is_cancelled_gives_no_connection_back(database_url: str) -> None:
+    """A block that raises, or is cancelled while its statement runs (asyncpg's connection is
+    then in an unknown state), drops its connection: the next reader gets another one, and
+    reads. With one slot, that is also the proof the slot was freed."""
+    _skip_sqlite(database_url)
+
+    async def go() -> tuple[bool, bool, int, int]:
+        db = Database(database_url, pool_size=1)
+        await _setup(db)
+        async with db.connect() as first:
+            await READ_VALUE.first(first, {})
+        with pytest.raises(ValueError):
+            async with db.connect() as conn:
+                assert conn is first  # held: the same one again
+                await READ_VALUE.first(conn, {})
+                raise ValueError("the caller's own error")
+        async with asyncio.timeout(5), db.connect() as after_error:
+            await READ_VALUE.first(after_error, {})
+        started = asyncio.Event()
+
+        async def sleeper() -> None:
+            async with db.connect() as conn:
+                started.set()
+                await SLEEP.rows(conn, {"seconds": 5.0})  # cancelled in here
+
+        task = asyncio.create_task(sleeper())
+        await started.wait()
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(5), db.connect() as after_cancel:  # well before pg_sleep ends
+            value = int((await READ_VALUE.first(after_cancel, {})).value)
+        sleeping = await _settle(database_url, at_most=0, running="pg_sleep")
+        await db.dispose()
+        left = await _settle(database_url, at_most=0)
+        return after_error is not first, after_cancel is not after_error, sleeping, value + left
+
+    fresh_after_error, fresh_after_cancel, sleeping, value_and_left = run(go())
+    assert fresh_after_error and fresh_after_cancel
+    assert sleeping == 0  # the cancelled statement's connection is gone from the server
+    assert value_and_left == 0
+
+
+def test_dispose_closes_the_readers_connections(database_url: str) -> None:
+    """dispose() closes the idle held connections at once; one lent to a reader then is closed
+    when the reader gives it back. Nothing is left open on the server."""
+    _skip_sqlite(database_url)
+
+    async def go() -> tuple[int, int, int]:
+        db = Database(database_url, pool_size=3)
+        await _setup(db)
+
+        async def reader() -> None:
+            async with db.connect() as conn:
+                await SLEEP.rows(conn, {"seconds": 0.05})
+
+        await asyncio.gather(*(reader() for _ in range(3)))  # three held, idle
+        before = await _backends(database_url)
+        reading, release = asyncio.Event(), asyncio.Event()
+
+        async def lent_across_dispose() -> None:
+            async with db.connect() as conn:
+                reading.set()
+                await release.wait()
+                await READ_VALUE.first(conn, {})
+
+        task = asyncio.create_task(lent_across_dispose())
+        await reading.wait()
+        await db.dispose()
+        during = await _settle(database_url, at_most=1)
+        release.set()
+        await task
+        await db.dispose()
+        return before, during, await _settle(database_url, at_most=0)
+
+    before, during, after = run(go())
+    assert before == 3
+    assert during == 1  # the one still lent
+    assert after == 0
 
 
 def test_write_batched_skips_a_caller_that_went_away(tmp_path) -> None:  # type: ignore[no-untyped-def]
