@@ -64,6 +64,11 @@ ACCEPTED_KEY = "bizmsg-stream-accepted"
 STREAM_MAX_AGE = 60.0
 # How many times an item that never ran (_Unsent) is sent again.
 RESENDS = 2
+# Loop turns a writer waits, while other items are in flight, so that more share its write
+# (_gather). Measured with `bizmsg bench --quick --only null,kit,send`, medians of alternated
+# runs at c=64: 1.03-1.10 items per write and kit pipeline / null 0.92 with one turn; 1.7-2.4
+# and 1.13 with 4; 1.20-1.37 with 8, where SendMessage's CPU per message fell by a fifth.
+GATHER_TURNS = 8
 
 
 class StreamItem(Protocol[Req_co]):
@@ -122,6 +127,15 @@ def _error_from_status(packed: any_pb2.Any) -> grpc.aio.AioRpcError:
     return rpc_error(status_code(status), status.message, packed.value)
 
 
+async def _gather() -> None:
+    """A few turns of the loop before a write: under load each turn runs what is ready (new
+    calls, answers from the other side), and the items they lead to share the write. A message
+    reaches each hop alone otherwise, and a stream write costs as much as a unary call's (gRPC's
+    batch, HTTP/2 framing, a syscall, a wake-up at the other end)."""
+    for _ in range(GATHER_TURNS):
+        await asyncio.sleep(0)
+
+
 def _unsent(details: str) -> _Unsent:
     return _Unsent(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
@@ -167,6 +181,8 @@ class _Stream(Generic[Resp]):
             return
         self.accepted = True
         while (entry := await self._outbox.get()) is not None:
+            if len(self.pending) > 1:  # others await answers: more may come to share the write
+                await _gather()
             # Everything waiting goes in this one write.
             batch = self._batch()
             _add(batch, entry)
@@ -475,6 +491,8 @@ async def serve(
     reader = asyncio.create_task(read_then_finish())
     try:
         while (ready := await answers.get()) is not None:
+            if len(running) > 1:  # other items are running: their answers may share the write
+                await _gather()
             batch = response_type()
             add(batch, *ready)
             finished = False
