@@ -15,13 +15,12 @@ Run one server: python -m bizmsg.bench.kit_pipeline consent|billing|front --port
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+from bizmsg.bench.null_pipeline import arguments, until_stopped
 from bizmsg.billing.v1 import billing_pb2, billing_pb2_grpc
 from bizmsg.common.v1 import common_pb2
 from bizmsg.consent.v1 import consent_pb2, consent_pb2_grpc
@@ -131,23 +130,12 @@ async def serve(role: str, port: int, targets: dict[str, str]) -> None:
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # start() opens a database there
     running = await start(definition(role), settings, port=port, dependency_targets=targets or None)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     await running.stop(1.0)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bizmsg.bench.kit_pipeline")
-    parser.add_argument("role", choices=("front", "consent", "billing"))
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--consent", default="", help="host:port of the consent leaf (front)")
-    parser.add_argument("--billing", default="", help="host:port of the billing leaf (front)")
-    ns = parser.parse_args(argv)
-    if ns.role == "front" and not (ns.consent and ns.billing):
-        parser.error("the front needs --consent and --billing")
+    ns = arguments("bizmsg.bench.kit_pipeline", ("front", "consent", "billing"), argv)
     settings = Settings()
     logs.configure(settings.log_level, f"kit-{ns.role}")
     targets = {"consent": ns.consent, "billing": ns.billing} if ns.role == "front" else {}

@@ -103,25 +103,36 @@ async def serve(role: str, port: int, consent_target: str, billing_target: str) 
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     await server.stop(1.0)
     for ch in channels:
         await ch.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bizmsg.bench.null_pipeline")
-    parser.add_argument("role", choices=("front", "leaf"))
+async def until_stopped() -> None:
+    """Until SIGTERM or SIGINT (how the bench stops its processes)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def arguments(module: str, roles: tuple[str, ...], argv: list[str] | None) -> argparse.Namespace:
+    """A pipeline process's command line: its role, port and (the front) the leaves."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}")
+    parser.add_argument("role", choices=roles)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--consent", default="", help="host:port of the consent leaf (front)")
     parser.add_argument("--billing", default="", help="host:port of the billing leaf (front)")
     ns = parser.parse_args(argv)
     if ns.role == "front" and not (ns.consent and ns.billing):
         parser.error("the front needs --consent and --billing")
+    return ns
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = arguments("bizmsg.bench.null_pipeline", ("front", "leaf"), argv)
     # The same event loop as the services (bizmsg.kit.server): the same process layout.
     with asyncio.Runner(loop_factory=loop_factory(Settings())) as runner:
         runner.run(serve(ns.role, ns.port, ns.consent, ns.billing))
