@@ -75,6 +75,28 @@ def test_utc_datetime_round_trips_aware(database_url: str) -> None:
     assert got == datetime(2026, 3, 1, 12, 0, tzinfo=UTC) and got.tzinfo is not None
 
 
+def test_utc_datetime_binds_on_sqlite_the_text_sqlalchemy_would() -> None:
+    """UTCDateTime formats SQLite's text itself (faster); it must be the text SQLAlchemy's own
+    processors make, or stored values would stop comparing and sorting alike."""
+    from sqlalchemy.dialects.sqlite import aiosqlite
+    from sqlalchemy.types import TypeDecorator
+
+    dialect = aiosqlite.dialect()
+    as_compiled = UTCDateTime().dialect_impl(dialect)  # what a statement's compiler uses
+    ours = as_compiled.bind_processor(dialect)
+    theirs = TypeDecorator.bind_processor(as_compiled, dialect)
+    assert ours is not None and theirs is not None
+    for value in (
+        datetime(2026, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 3, 1, 12, 0, 0, 1, tzinfo=UTC),
+        datetime(2026, 3, 1, 12, 0),  # naive: taken to be UTC
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        None,
+    ):
+        assert ours(value) == theirs(value), value
+
+
 def test_concurrent_writers_do_not_lose_updates(database_url: str) -> None:
     async def go() -> int:
         db = Database(database_url)
