@@ -1,8 +1,8 @@
 """SendMessage: consent and billing first, then the envelope and its outbox row in one commit.
 
 Order for a business:
-- one read transaction, two statements: the idempotency replay; the recipient's devices and
-  country with the business's limits and counters (store.recipient_and_limits);
+- one single read: the recipient's devices and country with the business's limits and
+  counters and this request_id's stored answer, if any (store.recipient_and_limits);
 - CheckConsent, then AuthorizeCharge;
 - one write transaction, six statements when the conversation is counted already: the
   idempotency record first (a concurrent twin fails on its key and replays the winner's
@@ -99,23 +99,32 @@ class Sending:
     ) -> delivery_pb2.SendMessageResponse:
         arrival = self.clock.now()
         state: store.LimitState | None = None
-        # Two single reads (prepared statements, no transaction): whether this request_id was
-        # answered, and the recipient with the limits' state. They need not agree with each
-        # other; the limits are counted again in the store transaction.
+        # Single reads (prepared statements, no transaction): whether this request_id was
+        # answered, and the recipient with the limits' state (for a business, one statement
+        # for both). They need not agree with each other; the limits are counted again in the
+        # store transaction, and a concurrent twin is caught by the idempotency record there.
+        response_type = delivery_pb2.SendMessageResponse
         async with self.db.connect() as conn:
-            stored = await self.idem.lookup(conn, METHOD, request, delivery_pb2.SendMessageResponse)
-            if stored is not None:
-                return stored
             if out.business_sends:
-                devices, country, state = await store.recipient_and_limits(
+                recipient = await store.recipient_and_limits(
                     conn,
                     str(out.recipient),
                     out.sender.id,
                     out.recipient.id,
                     limits.counters(out.sender.id, out.recipient.id, arrival),
+                    self.idem.key(METHOD, request),
                 )
+                devices, country, state = recipient.devices, recipient.country, recipient.limits
+                if recipient.answered is None:  # no device row carried the answer: ask alone
+                    stored = await self.idem.lookup(conn, METHOD, request, response_type)
+                else:
+                    stored = self.idem.stored(request, response_type, *recipient.answered)
             else:
-                devices, country = await store.recipient_devices(conn, str(out.recipient))
+                stored = await self.idem.lookup(conn, METHOD, request, response_type)
+                if stored is None:
+                    devices, country = await store.recipient_devices(conn, str(out.recipient))
+        if stored is not None:
+            return stored
         _check_devices(devices, out)
         if state is not None:
             # Refuse early, before anything is charged; counted exactly when storing.

@@ -31,6 +31,7 @@ from delivery_svc.models import (
     RateCounter,
     Sender,
     StatusEvent,
+    idempotency_keys,
 )
 
 # A result row of any shape (its columns are read by name).
@@ -277,10 +278,21 @@ def _scalar(column: Any, *where: Any) -> Any:
 _BUSINESS = BusinessLimits.business_id == bindparam("business_id")
 # A recipient's devices with, on every row, what the limits of a send to them depend on:
 # the business's configured limits, its per-second and per-pair counters and when its
-# conversation with the person started (primary-key lookups as scalar subqueries).
+# conversation with the person started, and the send's stored answer (primary-key lookups as
+# scalar subqueries).
 _DEVICES = select(*_DEVICE_COLUMNS).where(_RECIPIENT)
+_IDEM = idempotency_keys
+_ANSWERED = (
+    (_IDEM.c.principal == bindparam("answered_principal"))
+    & (_IDEM.c.method == bindparam("answered_method"))
+    & (_IDEM.c.request_id == bindparam("answered_request_id"))
+)
 _DEVICES_AND_LIMITS = select(
     *_DEVICE_COLUMNS,
+    # SendMessage's stored answer for this request_id, if any (Idempotency.stored judges it):
+    # the replay check rides on this statement instead of a statement of its own.
+    _scalar(_IDEM.c.fingerprint, _ANSWERED).label("answered_fingerprint"),
+    _scalar(_IDEM.c.response, _ANSWERED).label("answered_response"),
     _scalar(BusinessLimits.messages_per_second, _BUSINESS).label("messages_per_second"),
     _scalar(BusinessLimits.tier, _BUSINESS).label("tier"),
     _scalar(
@@ -305,16 +317,29 @@ _P_DEVICES = Prepared(_DEVICES)
 _P_DEVICES_AND_LIMITS = Prepared(_DEVICES_AND_LIMITS)
 
 
+@dataclass(frozen=True)
+class Recipient:
+    """What a business's send reads before it calls anyone (recipient_and_limits)."""
+
+    devices: set[str]
+    country: str
+    limits: LimitState | None  # None when the recipient has no device
+    # The stored answer's (fingerprint, response) for the send's request_id: (None, None) when
+    # never answered; None when the recipient has no device (no row carried it).
+    answered: tuple[str | None, bytes | None] | None
+
+
 async def recipient_and_limits(
     conn: AsyncConnection,
     owner: str,
     business_id: str,
     person_id: str,
     counters: tuple[tuple[str, int], tuple[str, int]],
-) -> tuple[set[str], str, LimitState | None]:
-    """The recipient's device ids and country (as recipient_devices) and the limit state of a
-    send from the business to the person, in one statement. No state when the recipient has
-    no device (the send is refused for that)."""
+    answered_key: Mapping[str, str],
+) -> Recipient:
+    """The recipient's device ids and country (as recipient_devices), the limit state of a
+    send from the business to the person and the send's stored answer, in one statement.
+    `answered_key` is the send's idempotency key (Idempotency.key)."""
     (second_key, second), (pair_key, minute) = counters
     rows = await _P_DEVICES_AND_LIMITS.rows(
         conn,
@@ -326,11 +351,12 @@ async def recipient_and_limits(
             "second": second,
             "pair_key": pair_key,
             "minute": minute,
+            **{f"answered_{k}": v for k, v in answered_key.items()},
         },
     )
     devices, country = _located(rows)
     if not rows:
-        return devices, country, None
+        return Recipient(devices, country, None, None)
     r = rows[0]
     state = LimitState(
         r.messages_per_second,
@@ -339,7 +365,7 @@ async def recipient_and_limits(
         int(r.pair_count or 0),
         r.conversation_start,
     )
-    return devices, country, state
+    return Recipient(devices, country, state, (r.answered_fingerprint, r.answered_response))
 
 
 async def counter(session: AsyncSession, key: str, window_start: int) -> int:

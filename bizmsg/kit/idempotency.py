@@ -79,7 +79,9 @@ class Idempotency:
         )
         self._insert = Prepared(t.insert())
 
-    def _key(self, method: str, request: Message) -> dict[str, str]:
+    def key(self, method: str, request: Message) -> dict[str, str]:
+        """The request_id's key (principal, method, request_id), for a statement that reads the
+        stored answer along with other things (see `stored`)."""
         return {
             "principal": str(current_principal()),
             "method": method,
@@ -95,12 +97,25 @@ class Idempotency:
     ) -> Resp | None:
         """The stored response for this request_id, or None if it was never answered."""
         conn = session if isinstance(session, AsyncConnection) else await session.connection()
-        row = await self._lookup.first(conn, self._key(method, request))
+        row = await self._lookup.first(conn, self.key(method, request))
         if row is None:
             return None
-        if row.fingerprint != fingerprint(request):
+        return self.stored(request, response_type, row.fingerprint, row.response)
+
+    @staticmethod
+    def stored(
+        request: Message,
+        response_type: type[Resp],
+        fingerprint_: str | None,
+        response: bytes | None,
+    ) -> Resp | None:
+        """What `lookup` returns, from a stored row's two columns read elsewhere (None, None
+        when this request_id was never answered)."""
+        if fingerprint_ is None or response is None:
+            return None
+        if fingerprint_ != fingerprint(request):
             raise AlreadyExists()
-        return response_type.FromString(row.response)
+        return response_type.FromString(response)
 
     async def save(
         self,
@@ -113,7 +128,7 @@ class Idempotency:
         await self._insert.execute(
             conn,
             {
-                **self._key(method, request),
+                **self.key(method, request),
                 "fingerprint": fingerprint(request),
                 "response": response.SerializeToString(deterministic=True),
                 "create_time": self.clock.now(),
