@@ -147,18 +147,23 @@ class Harness:
         """The channel, stub and StreamClient the test calls through, to `target`."""
         self.channel = grpc.aio.insecure_channel(target, options=options)
         self.stub = consent_pb2_grpc.ConsentServiceStub(self.channel)
-        self.client: multiplex.StreamClient[pb.CheckConsentRequest, pb.CheckConsentResponse] = (
-            multiplex.StreamClient(
-                "consent",
-                self.stub.CheckConsentStream,
-                pb.CheckConsentStreamItem,
-                batch=pb.CheckConsentStreamRequest,
-                authorization=lambda: self.header,
-                call_timeout=5.0,
-                unary=lambda request: self.stub.CheckConsent(
-                    request, metadata=[("authorization", self.header)]
-                ),
+        self.client = self.stream_client(
+            unary=lambda request: self.stub.CheckConsent(
+                request, metadata=[("authorization", self.header)]
             )
+        )
+
+    def stream_client(
+        self, unary: Callable[[pb.CheckConsentRequest], Awaitable[pb.CheckConsentResponse]] | None
+    ) -> multiplex.StreamClient[pb.CheckConsentRequest, pb.CheckConsentResponse]:
+        return multiplex.StreamClient(
+            "consent",
+            self.stub.CheckConsentStream,
+            pb.CheckConsentStreamItem,
+            batch=pb.CheckConsentStreamRequest,
+            authorization=lambda: self.header,
+            call_timeout=5.0,
+            unary=unary,
         )
 
     async def start(self) -> None:
@@ -557,14 +562,7 @@ def test_a_closed_client_opens_no_new_stream(
         await h.check("ok", "before")
         await h.client.close()
         assert (await h.check("ok", "after")).consent_id == "after"
-        no_unary = multiplex.StreamClient(
-            "consent",
-            h.stub.CheckConsentStream,
-            pb.CheckConsentStreamItem,
-            batch=pb.CheckConsentStreamRequest,
-            authorization=lambda: h.header,
-            call_timeout=5.0,
-        )
+        no_unary = h.stream_client(unary=None)
         await no_unary.close()
         refused = await raises(no_unary.call(pb.CheckConsentRequest(business_id="ok")))
         assert refused.code() == grpc.StatusCode.UNAVAILABLE
