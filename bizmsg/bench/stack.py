@@ -64,37 +64,38 @@ class Stack:
         return out
 
     def start_null(self) -> None:
-        logs = self.work_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        leaf = "bizmsg.bench.null_pipeline"
-        consent = BenchProcess("null-consent", leaf, ["leaf"], logs / "null-consent.log").start()
-        billing = BenchProcess("null-billing", leaf, ["leaf"], logs / "null-billing.log").start()
-        self.null = {"null-consent": consent, "null-billing": billing}
-        consent.wait_serving()
-        billing.wait_serving()
-        front_args = ["front", "--consent", consent.target, "--billing", billing.target]
-        front = BenchProcess("null-front", leaf, front_args, logs / "null-front.log").start()
-        self.null["null-front"] = front
-        front.wait_serving()
+        self._start_pipeline(self.null, "bizmsg.bench.null_pipeline", "null", ("leaf", "leaf"))
 
     def start_kit(self) -> None:
-        logs = self.work_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        module = "bizmsg.bench.kit_pipeline"
         # Each process opens a database at start as the services do (unused here).
         env = {**BENCH_ENV, "BIZMSG_DATA_DIR": str(self.work_dir / "kit-data")}
+        roles = ("consent", "billing")
+        self._start_pipeline(self.kit, "bizmsg.bench.kit_pipeline", "kit", roles, env)
+
+    def _start_pipeline(
+        self,
+        started: dict[str, BenchProcess],
+        module: str,
+        prefix: str,
+        leaf_roles: tuple[str, str],
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """A pipeline's three processes into `started` as each starts (so that stop() stops
+        them whatever fails): `<prefix>-consent` and `-billing`, serving, then `-front`."""
+        logs = self.work_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
 
         def process(role: str, args: list[str]) -> BenchProcess:
-            name = f"kit-{role}"
-            return BenchProcess(name, module, [role, *args], logs / f"{name}.log", env).start()
+            name = f"{prefix}-{role}"
+            started[name] = BenchProcess(name, module, args, logs / f"{name}.log", env).start()
+            return started[name]
 
-        consent, billing = process("consent", []), process("billing", [])
-        self.kit = {"kit-consent": consent, "kit-billing": billing}
+        consent = process("consent", [leaf_roles[0]])
+        billing = process("billing", [leaf_roles[1]])
         consent.wait_serving()
         billing.wait_serving()
-        front = process("front", ["--consent", consent.target, "--billing", billing.target])
-        self.kit["kit-front"] = front
-        front.wait_serving()
+        leaves = ["--consent", consent.target, "--billing", billing.target]
+        process("front", ["front", *leaves]).wait_serving()
 
     def start_services(
         self, database_url: str | None, extra_env: dict[str, str] | None = None
