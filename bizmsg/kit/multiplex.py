@@ -46,6 +46,7 @@ from google.rpc import status_pb2
 
 from bizmsg.kit import calls
 from bizmsg.kit.interceptors import status_code, stream_items
+from bizmsg.kit.loop import let_ready_work_run
 
 log = logging.getLogger("bizmsg.multiplex")
 
@@ -65,9 +66,11 @@ STREAM_MAX_AGE = 60.0
 # How many times an item that never ran (_Unsent) is sent again.
 RESENDS = 2
 # Loop turns a writer waits, while other items are in flight, so that more share its write
-# (_gather). Measured with `bizmsg bench --quick --only null,kit,send`, medians of alternated
-# runs at c=64: 1.03-1.10 items per write and kit pipeline / null 0.92 with one turn; 1.7-2.4
-# and 1.13 with 4; 1.20-1.37 with 8, where SendMessage's CPU per message fell by a fifth.
+# (a message reaches each hop alone otherwise, and a stream write costs about what a unary call
+# does: gRPC's batch, HTTP/2 framing, a syscall, a wake-up at the other end). Measured with
+# `bizmsg bench --quick --only null,kit,send`, medians of alternated runs at c=64: 1.03-1.10
+# items per write and kit pipeline / null 0.92 with one turn; 1.7-2.4 and 1.13 with 4;
+# 1.20-1.37 with 8, where SendMessage's CPU per message fell by a fifth.
 GATHER_TURNS = 8
 
 
@@ -127,15 +130,6 @@ def _error_from_status(packed: any_pb2.Any) -> grpc.aio.AioRpcError:
     return rpc_error(status_code(status), status.message, packed.value)
 
 
-async def _gather() -> None:
-    """A few turns of the loop before a write: under load each turn runs what is ready (new
-    calls, answers from the other side), and the items they lead to share the write. A message
-    reaches each hop alone otherwise, and a stream write costs as much as a unary call's (gRPC's
-    batch, HTTP/2 framing, a syscall, a wake-up at the other end)."""
-    for _ in range(GATHER_TURNS):
-        await asyncio.sleep(0)
-
-
 def _unsent(details: str) -> _Unsent:
     return _Unsent(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
@@ -182,7 +176,7 @@ class _Stream(Generic[Resp]):
         self.accepted = True
         while (entry := await self._outbox.get()) is not None:
             if len(self.pending) > 1:  # others await answers: more may come to share the write
-                await _gather()
+                await let_ready_work_run(GATHER_TURNS)
             # Everything waiting goes in this one write.
             batch = self._batch()
             _add(batch, entry)
@@ -492,7 +486,7 @@ async def serve(
     try:
         while (ready := await answers.get()) is not None:
             if len(running) > 1:  # other items are running: their answers may share the write
-                await _gather()
+                await let_ready_work_run(GATHER_TURNS)
             batch = response_type()
             add(batch, *ready)
             finished = False

@@ -39,6 +39,7 @@ from sqlalchemy.util import await_
 
 from bizmsg.kit import sqlite_inline
 from bizmsg.kit.errors import Unavailable
+from bizmsg.kit.loop import let_ready_work_run
 from bizmsg.kit.prepared import raw_connection
 from bizmsg.kit.timeutil import utc
 
@@ -225,8 +226,7 @@ class Database:
             while self._batch:
                 # A few turns of the loop first: under load the loop holds answers from other
                 # services and new calls, and the writes they lead to join this batch.
-                for _ in range(GATHER_TURNS):
-                    await asyncio.sleep(0)
+                await let_ready_work_run(GATHER_TURNS)
                 batch: list[Work] = []
                 try:
                     async with self._batch_connection() as conn:
