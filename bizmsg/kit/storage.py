@@ -402,24 +402,52 @@ def _fail(batch: list[Work], error: BaseException) -> None:
 
 
 async def _run_each(conn: AsyncConnection, batch: list[Work]) -> list[tuple[bool, Any]]:
-    """SQLite: one transaction, each work of the batch in its own SAVEPOINT, all on the
-    driver (no SQLAlchemy round trip). When a work ran a SQLAlchemy statement, SQLAlchemy joined
-    the transaction; then SQLAlchemy ends it, so that it knows the transaction is over."""
+    """SQLite: the batch in one transaction, on the driver (no SQLAlchemy round trip).
+
+    First without savepoints: a savepoint makes SQLite copy every page a work changes into a
+    statement journal, which cost a third of delivery's write transaction (a replay of it in
+    raw sqlite3: 216 us per message with a savepoint per work, 136 without). If a work raises,
+    the whole transaction is rolled back and, when the batch had other works, run again with a
+    SAVEPOINT per work, so that only the failing one is rolled back (works are written to be run
+    again, as on PostgreSQL). A batch of one needs no savepoint at all."""
     if not batch:
         return []
     driver: sqlite_inline.Connection = (await raw_connection(conn)).driver_connection
+    outcomes = await _sqlite_transaction(conn, driver, batch, savepoints=False)
+    if outcomes is None:
+        outcomes = await _sqlite_transaction(conn, driver, batch, savepoints=True)
+    assert outcomes is not None
+    return outcomes
+
+
+async def _sqlite_transaction(
+    conn: AsyncConnection,
+    driver: sqlite_inline.Connection,
+    batch: list[Work],
+    *,
+    savepoints: bool,
+) -> list[tuple[bool, Any]] | None:
+    """The works in one transaction, committed; None when, without savepoints, a work of a batch
+    of several raised (the transaction was rolled back). When a work ran a SQLAlchemy
+    statement, SQLAlchemy joined the transaction; then SQLAlchemy ends it, so that it knows
+    the transaction is over."""
     await driver.begin(True)
     try:
         outcomes: list[tuple[bool, Any]] = []
         for work, _ in batch:
-            driver.savepoint()
+            if savepoints:
+                driver.savepoint()
             try:
                 value = await work(conn)
             except Exception as e:
+                if not savepoints:
+                    await _rollback(conn, driver)
+                    return [(False, e)] if len(batch) == 1 else None
                 driver.rollback_to_savepoint()
                 outcomes.append((False, e))
             else:
-                driver.release_savepoint()
+                if savepoints:
+                    driver.release_savepoint()
                 outcomes.append((True, value))
         if conn.in_transaction():
             await conn.commit()
@@ -428,12 +456,16 @@ async def _run_each(conn: AsyncConnection, batch: list[Work]) -> list[tuple[bool
     except BaseException:
         # Nothing of the batch stands. Rolling back on SQLite never suspends, so it completes
         # even when the batcher is being cancelled.
-        if conn.in_transaction():
-            await asyncio.shield(conn.rollback())
-        elif driver.in_transaction:
-            await driver.rollback()
+        await _rollback(conn, driver)
         raise
     return outcomes
+
+
+async def _rollback(conn: AsyncConnection, driver: sqlite_inline.Connection) -> None:
+    if conn.in_transaction():
+        await asyncio.shield(conn.rollback())
+    elif driver.in_transaction:
+        await driver.rollback()
 
 
 async def _run_together(conn: AsyncConnection, batch: list[Work]) -> list[tuple[bool, Any]]:

@@ -246,8 +246,8 @@ def test_sqlite_checkpoint_folds_the_wal_into_the_database(tmp_path) -> None:  #
 def test_write_batched_commits_together_and_fails_alone(database_url: str) -> None:
     """Group commit: concurrent works share transactions, so a work that raises (a domain
     refusal after writing, a unique-key clash) is rolled back alone and only its caller sees
-    the error. SQLite runs each work in a savepoint; PostgreSQL runs a failed batch's works
-    again one transaction each."""
+    the error. SQLite runs a failed batch again with a savepoint per work; PostgreSQL runs a
+    failed batch's works again one transaction each."""
     from sqlalchemy.exc import IntegrityError
 
     async def go() -> tuple[list[object], int, int, set[int]]:
@@ -289,6 +289,53 @@ def test_write_batched_commits_together_and_fails_alone(database_url: str) -> No
     assert ids == {1} | {2000 + i for i in ok}
     if database_url.startswith("sqlite"):
         assert commits < len(ok) / 2  # shared transactions
+
+
+def test_write_batched_takes_savepoints_only_after_a_failure(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SQLite: a batch whose works all succeed runs without savepoints (each would copy the
+    pages its work changes into a statement journal); a batch in which one work raises is
+    rolled back and run again with a savepoint per work, and only that work fails."""
+    from bizmsg.kit import sqlite_inline
+
+    bump = Prepared(COUNTER.update().values(value=COUNTER.c.value + 1))
+
+    async def go() -> tuple[list[object], list[object], int, list[str], list[str]]:
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'sp.db'}")
+        await _setup(db)
+        runs = [0]
+
+        async def work(i: int, conn, fail: int | None = None) -> int:  # type: ignore[no-untyped-def]
+            runs[0] += 1
+            await bump.execute(conn, {})
+            if i == fail:
+                raise InvalidArgument([("i", "refused after writing")])
+            return i
+
+        clean: list[str] = []
+        with sqlite_inline.traced(str(tmp_path / "sp.db"), clean.append):
+            ok = await asyncio.gather(
+                *(db.write_batched(lambda c, i=i: work(i, c)) for i in range(10))
+            )
+        runs[0] = 0
+        failed: list[str] = []
+        with sqlite_inline.traced(str(tmp_path / "sp.db"), failed.append):
+            mixed = await asyncio.gather(
+                *(db.write_batched(lambda c, i=i: work(i, c, fail=4)) for i in range(10)),
+                return_exceptions=True,
+            )
+        async with db.read() as s:
+            value = int((await s.execute(select(COUNTER.c.value))).scalar_one())
+        await db.dispose()
+        assert runs[0] > 10  # the failed batch ran again
+        return list(ok), list(mixed), value, clean, failed
+
+    ok, mixed, value, clean, failed = run(go())
+    assert ok == list(range(10))
+    assert isinstance(mixed[4], InvalidArgument)
+    assert [m for i, m in enumerate(mixed) if i != 4] == [i for i in range(10) if i != 4]
+    assert value == 10 + 9  # the failed work's bump was rolled back alone
+    assert not [s for s in clean if "SAVEPOINT" in s]
+    assert [s for s in failed if s.startswith("SAVEPOINT")]
 
 
 def test_write_batched_shares_commits(database_url: str) -> None:
