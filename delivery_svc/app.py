@@ -2,6 +2,8 @@
 
 Configuration (environment):
   BIZMSG_DELIVERY_PAIR_LIMIT_PER_MINUTE     messages a business may send one person a minute (10)
+  BIZMSG_DELIVERY_MAX_MESSAGES_PER_SECOND   the most messages per second admin may allow one
+                                            business (1000)
   BIZMSG_DELIVERY_BUNDLE_LIMIT_PER_MINUTE   bundle fetches per requester and target a minute (60)
   BIZMSG_DELIVERY_BUNDLE_LIMIT_PER_REQUESTER  bundle fetches per requester a minute (1000)
   BIZMSG_DELIVERY_POLL_INTERVAL             seconds between database polls of open streams (1.0)
@@ -21,6 +23,7 @@ from delivery_svc.limits import LimitSettings
 from delivery_svc.mailbox import Mailbox
 from delivery_svc.models import idempotency_keys
 from delivery_svc.notify import Notifier
+from delivery_svc.policy import MAX_MESSAGES_PER_SECOND
 from delivery_svc.relay import Relay
 from delivery_svc.rpc import DeliveryServicer
 from delivery_svc.sending import Sending
@@ -49,7 +52,12 @@ async def build(runtime: Runtime) -> DeliveryServicer:
         idem,
         deps,
         notifier,
-        LimitSettings(pair_per_minute=s.env_int("BIZMSG_DELIVERY_PAIR_LIMIT_PER_MINUTE", 10)),
+        LimitSettings(
+            pair_per_minute=s.env_int("BIZMSG_DELIVERY_PAIR_LIMIT_PER_MINUTE", 10),
+            max_messages_per_second=s.env_int(
+                "BIZMSG_DELIVERY_MAX_MESSAGES_PER_SECOND", MAX_MESSAGES_PER_SECOND
+            ),
+        ),
     )
     mailbox = Mailbox(db, clock, notifier, s.env_float("BIZMSG_DELIVERY_POLL_INTERVAL", 1.0))
     relay = Relay(db, clock, deps, notifier, s.env_float("BIZMSG_DELIVERY_RELAY_INTERVAL", 1.0))

@@ -18,13 +18,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bizmsg.common.v1 import common_pb2
 from bizmsg.kit.errors import ResourceExhausted
 from delivery_svc import store
-from delivery_svc.policy import UNIQUE_PEOPLE_PERIOD, Limits, minute_window, second_window
+from delivery_svc.policy import (
+    MAX_MESSAGES_PER_SECOND,
+    UNIQUE_PEOPLE_PERIOD,
+    Limits,
+    minute_window,
+    second_window,
+)
 
 
 @dataclass(frozen=True)
 class LimitSettings:
     # Messages a business may send one person per minute (the pair limit).
     pair_per_minute: int = 10
+    # The most messages per second admin may allow one business (UpdateMessagingLimits).
+    max_messages_per_second: int = MAX_MESSAGES_PER_SECOND
 
 
 async def load(conn: AsyncConnection, business_id: str) -> Limits:

@@ -34,7 +34,6 @@ from delivery_svc.policy import (
     MAX_DEVICES_PER_MESSAGE,
     MAX_ENVELOPE_BYTES,
     MAX_IDS_PER_CALL,
-    MAX_MESSAGES_PER_SECOND,
     MAX_PRE_KEYS_PER_CALL,
     SIGNATURE_SIZE,
     Tier,
@@ -314,10 +313,11 @@ class DeliveryServicer(delivery_pb2_grpc.DeliveryServiceServicer):
         check_request_id(v, request.request_id)
         limits = request.limits
         check_id(v, "limits.business_id", limits.business_id)
+        most = self.sending.limit_settings.max_messages_per_second
         v.check(
-            1 <= limits.messages_per_second <= MAX_MESSAGES_PER_SECOND,
+            1 <= limits.messages_per_second <= most,
             "limits.messages_per_second",
-            f"must be 1..{MAX_MESSAGES_PER_SECOND}",
+            f"must be 1..{most}",
         )
         check_enum(v, "limits.tier", limits.tier, Tier)
         v.raise_if_any()

@@ -16,6 +16,7 @@ import grpc
 import xeddsa
 
 from bizmsg.ads.v1 import ads_pb2, ads_pb2_grpc
+from bizmsg.bench.stack import BENCH_MESSAGES_PER_SECOND
 from bizmsg.billing.v1 import billing_pb2, billing_pb2_grpc
 from bizmsg.common.v1 import common_pb2
 from bizmsg.consent.v1 import consent_pb2, consent_pb2_grpc
@@ -120,7 +121,7 @@ async def seed(
                     request_id=_rid(),
                     limits=delivery_pb2.MessagingLimits(
                         business_id=b,
-                        messages_per_second=1000,
+                        messages_per_second=BENCH_MESSAGES_PER_SECOND,
                         tier=delivery_pb2.MESSAGING_TIER_UNLIMITED,
                     ),
                 ),
