@@ -65,10 +65,9 @@ class Message(Base):
     """One accepted message: who, what category, its charge and where it stands."""
 
     __tablename__ = "messages"
-    __table_args__ = (
-        Index("ix_messages_due", "status", "expire_time"),
-        Index("ix_messages_recipient", "recipient", "message_id"),
-    )
+    # Messages are read by id and, for expiry, by this index; a recipient's are found through
+    # their envelopes (mailboxes), so no index by recipient is kept on every send.
+    __table_args__ = (Index("ix_messages_due", "status", "expire_time"),)
     message_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     sender: Mapped[str] = mapped_column(String(160), nullable=False)
     sender_device_id: Mapped[str] = mapped_column(String(64), nullable=False)
