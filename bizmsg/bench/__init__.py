@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
         help="also profile the services (py-spy, SQL statements per call) into DIR; "
         "slows them down, so its figures are not the benchmark's",
     )
+    p.add_argument(
+        "--levels",
+        default="",
+        help="comma-separated concurrency levels of the pipelines (e.g. 64), instead of the "
+        "plan's sweep: a longer look at one point, to compare two trees",
+    )
+    p.add_argument(
+        "--duration", type=int, default=0, help="measured seconds per point (default: the plan's)"
+    )
     p.add_argument("--work-dir", type=Path, help="keep databases, logs and h2load logs here")
     p.add_argument(
         "--scale",
@@ -63,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Options of the h2load benchmark that mean nothing to --scale.
-_NOT_SCALE = ("quick", "only", "chart", "soak", "profile", "work_dir")
+_NOT_SCALE = ("quick", "only", "chart", "soak", "profile", "work_dir", "levels", "duration")
 
 
 def main(argv: list[str]) -> int:
@@ -97,6 +106,20 @@ def main(argv: list[str]) -> int:
             return 2
         plan = replace(plan, scenarios=keys)
     plan = replace(plan, soak_minutes=ns.soak)
+    if ns.levels:
+        try:
+            levels = tuple(int(c) for c in ns.levels.split(",") if c.strip())
+        except ValueError:
+            levels = ()
+        if not levels or min(levels) < 1:
+            print(f"bizmsg bench: --levels wants positive integers, got {ns.levels!r}")
+            return 2
+        plan = replace(plan, levels=levels)
+    if ns.duration < 0:
+        print("bizmsg bench: --duration must be positive")
+        return 2
+    if ns.duration:
+        plan = replace(plan, duration=ns.duration)
     work_dir = ns.work_dir or Path(tempfile.mkdtemp(prefix="bizmsg-bench-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     runner = Runner(plan, work_dir, ns.database_url, ns.profile)

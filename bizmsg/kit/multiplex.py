@@ -70,8 +70,11 @@ RESENDS = 2
 # does: gRPC's batch, HTTP/2 framing, a syscall, a wake-up at the other end). Measured with
 # `bizmsg bench --quick --only null,kit,send`, medians of alternated runs at c=64: 1.03-1.10
 # items per write and kit pipeline / null 0.92 with one turn; 1.7-2.4 and 1.13 with 4;
-# 1.20-1.37 with 8, where SendMessage's CPU per message fell by a fifth.
-GATHER_TURNS = 8
+# 1.20-1.37 with 8, where SendMessage's CPU per message fell by a fifth. With 16, once the
+# savepoints had left group commit: SendMessage / null 0.75-0.81 against 0.60-0.76 with 8 (four
+# alternated `--levels 64 --duration 8` runs each), CPU per message 0.93-0.99 ms against 1.10-1.41;
+# 32 was not clearly better than 16 (three runs each).
+GATHER_TURNS = 16
 
 
 class StreamItem(Protocol[Req_co]):
