@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -19,20 +20,79 @@ from typing import IO, Any
 _ENCODER = json.JSONEncoder(default=str)
 
 
+def _line(created: float, level: str, logger: str, message: str, fields: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": logger,
+        "message": message,
+    }
+    if isinstance(fields, dict):
+        entry.update(fields)
+    return entry
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
+        entry = _line(
+            record.created,
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            getattr(record, "fields", None),
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _ENCODER.encode(entry)
+
+
+def _sole_handler(logger: logging.Logger) -> LoopBatchedHandler | None:
+    """The LoopBatchedHandler with our formatter that alone gets `logger`'s INFO records, with no
+    filter on the way; None when records go anywhere else too."""
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters or node.disabled:
+            return None
+        if node.handlers:
+            if node.parent is not None or len(node.handlers) != 1:
+                return None  # handlers below the root, or several
+            handler = node.handlers[0]
+            if (
+                isinstance(handler, LoopBatchedHandler)
+                and type(handler.formatter) is JsonFormatter
+                and not handler.filters
+                and handler.level <= logging.INFO
+            ):
+                return handler
+            return None
+        if not node.propagate:
+            return None
+        node = node.parent
+    return None
+
+
+def info_fast(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
+    """logger.info(message, extra={"fields": fields}), for the one line every call logs.
+
+    When the record would reach only the handler `configure` installs (no other handler, no
+    filter, a formatter of ours), the JSON line is made and queued here, without a LogRecord
+    and the handler chain: half the CPU of a line (9 -> 5 us in a microbenchmark), and each
+    service logs a line per call and per stream item. Otherwise (a test's caplog, say) the
+    record goes the usual way."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _sole_handler(logger)
+    if handler is not None:
+        line = _ENCODER.encode(_line(time.time(), "INFO", logger.name, message, fields))
+        with handler.lock:  # type: ignore[union-attr]
+            handler.emit_line(line)
+        return
+    # What logger.info would do, less finding the caller's source line (no field shows it).
+    logger.handle(
+        logger.makeRecord(
+            logger.name, logging.INFO, "", 0, message, (), None, extra={"fields": fields}
+        )
+    )
 
 
 class LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -50,6 +110,10 @@ class LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
+        self.emit_line(line)
+
+    def emit_line(self, line: str) -> None:
+        """Queues a formatted line (see info_fast); written at once off the loop."""
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:

@@ -90,3 +90,48 @@ def test_a_flush_scheduled_on_a_loop_that_closed_does_not_hold_lines_back() -> N
 
     asyncio.run(scenario())
     assert [line["message"] for line in _lines(stream)] == ["last", "next"]
+
+
+def test_info_fast_writes_what_logger_info_would_and_steps_aside_for_other_handlers() -> None:
+    """info_fast skips the LogRecord when our handler alone gets the line: the line is the one
+    JsonFormatter makes of logger.info(message, extra={"fields": ...}), time aside. With another
+    handler on the way (a test's caplog), the record goes the usual way and reaches both."""
+    from bizmsg.kit.logs import _sole_handler, info_fast
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = CountingStream()
+    handler = LoopBatchedHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    log = logging.getLogger("bizmsg.test.fastlog")
+    fields = {"service": "s", "method": "/p.S/M", "code": "OK", "duration_ms": 1.5}
+    try:
+        assert _sole_handler(log) is handler
+        info_fast(log, "rpc", fields)
+        log.info("rpc", extra={"fields": fields})
+        handler.flush()
+        fast, usual = _lines(stream)
+        assert fast.pop("time") and usual.pop("time")
+        assert fast == usual == {"level": "INFO", "logger": log.name, "message": "rpc", **fields}
+
+        seen: list[logging.LogRecord] = []
+        other = logging.Handler()
+        other.emit = seen.append  # type: ignore[method-assign]
+        root.addHandler(other)
+        assert _sole_handler(log) is None
+        info_fast(log, "rpc", fields)
+        handler.flush()
+        assert len(_lines(stream)) == 3 and len(seen) == 1
+        assert seen[0].fields == fields  # type: ignore[attr-defined]
+        root.removeHandler(other)
+
+        log.setLevel(logging.WARNING)  # below the logger's level: nothing at all
+        info_fast(log, "rpc", fields)
+        handler.flush()
+        assert len(_lines(stream)) == 3
+    finally:
+        log.setLevel(logging.NOTSET)
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
