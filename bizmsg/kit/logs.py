@@ -76,7 +76,7 @@ def info_fast(logger: logging.Logger, message: str, fields: dict[str, Any]) -> N
 
     When the record would reach only the handler `configure` installs (no other handler, no
     filter, a formatter of ours), the JSON line is made and queued here, without a LogRecord
-    and the handler chain: half the CPU of a line (9 -> 5 us in a microbenchmark), and each
+    and the handler chain: a line costs 5.5 us instead of 7.6 in a microbenchmark, and each
     service logs a line per call and per stream item. Otherwise (a test's caplog, say) the
     record goes the usual way."""
     if not logger.isEnabledFor(logging.INFO):
