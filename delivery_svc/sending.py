@@ -4,11 +4,12 @@ Order for a business:
 - one single read: the recipient's devices and country with the business's limits and
   counters and this request_id's stored answer, if any (store.recipient_and_limits);
 - CheckConsent, then AuthorizeCharge;
-- one write transaction, six statements when the conversation is counted already: the
-  idempotency record first (a concurrent twin fails on its key and replays the winner's
-  answer), the sender's next sequence number (which locks the sender), the counters (bumped
-  with RETURNING; past a limit the send is refused and the bump rolled back), the message,
-  its envelopes, the ACCEPTED event.
+- one write transaction, shared with the other sends of a group commit: the sender's next
+  sequence number (which locks the sender) and the counters (bumped with RETURNING; past a
+  limit the send is refused and the bump rolled back) run at once; the idempotency record,
+  the message, its envelopes and the ACCEPTED event go in with the batch's others, one
+  statement per table, just before the commit (a concurrent twin fails on the idempotency
+  key there, and replays the winner's answer).
 Limits count a message in the window of its arrival (read once, when the call starts), so
 a burst that arrives within one second is judged as one second however long the three
 calls take; that arrival time is also the message's send_time.
@@ -265,8 +266,10 @@ class Sending:
         ]
 
         async def write(conn: AsyncConnection) -> None:
-            # First, so that a twin request fails here before doing anything else.
-            await self.idem.save(conn, METHOD, request, response)
+            # The rows of the answer, the message, its envelopes and its event go in with the
+            # other sends of the group commit, just before it commits (a twin request fails
+            # there, and the batch is run again send by send: see Database.write_batched).
+            await self.idem.save(conn, METHOD, request, response, later=True)
             seq = await store.next_seq(conn, message["sender"])
             if state is not None:
                 await limits.count(
@@ -278,22 +281,17 @@ class Sending:
                     charge.window_kind,
                     arrival,
                 )
-            await store.add_message(conn, message, envelopes)
             now = self.clock.now()
-            await store.add_events(
-                conn,
-                [
-                    {
-                        "sender": message["sender"],
-                        "seq": seq,
-                        "message_id": message_id,
-                        "recipient": message["recipient"],
-                        "status": Status.MESSAGE_STATUS_ACCEPTED,
-                        "event_time": now,
-                        "reason": "",
-                    }
-                ],
-            )
+            event = {
+                "sender": message["sender"],
+                "seq": seq,
+                "message_id": message_id,
+                "recipient": message["recipient"],
+                "status": Status.MESSAGE_STATUS_ACCEPTED,
+                "event_time": now,
+                "reason": "",
+            }
+            await store.add_sent_message(conn, message, envelopes, event)
             if charge.free_entry_pending:
                 # This reply opens the 72-hour free-entry window at consent.
                 payload = {

@@ -459,12 +459,18 @@ async def add_events(conn: AsyncConnection, events: Sequence[Mapping[str, Any]])
     await _P_INSERT_EVENTS.execute_many(conn, events)
 
 
-async def add_message(
-    conn: AsyncConnection, message: Mapping[str, Any], envelopes: Sequence[Mapping[str, Any]]
+async def add_sent_message(
+    conn: AsyncConnection,
+    message: Mapping[str, Any],
+    envelopes: Sequence[Mapping[str, Any]],
+    event: Mapping[str, Any],
 ) -> None:
-    """Inserts a message row and its envelopes (one multi-row insert)."""
-    await _P_INSERT_MESSAGE.execute(conn, message)
-    await _P_INSERT_ENVELOPES.execute_many(conn, envelopes)
+    """A new message, its envelopes and its ACCEPTED event: deferred inside a group commit, so
+    that the batch's messages go in with one statement per table (nothing in a send's
+    transaction reads them back)."""
+    await _P_INSERT_MESSAGE.execute_later(conn, [message])
+    await _P_INSERT_ENVELOPES.execute_later(conn, envelopes)
+    await _P_INSERT_EVENTS.execute_later(conn, [event])
 
 
 async def events_after(

@@ -123,17 +123,23 @@ class Idempotency:
         method: str,
         request: Message,
         response: Message,
+        *,
+        later: bool = False,
     ) -> None:
+        """Stores the answer. `later`: inside a group commit, with the other works' answers
+        just before the commit (Prepared.execute_later); a twin request then fails there, and
+        the batch runs again work by work, where it fails at once."""
         conn = session if isinstance(session, AsyncConnection) else await session.connection()
-        await self._insert.execute(
-            conn,
-            {
-                **self.key(method, request),
-                "fingerprint": fingerprint(request),
-                "response": response.SerializeToString(deterministic=True),
-                "create_time": self.clock.now(),
-            },
-        )
+        row = {
+            **self.key(method, request),
+            "fingerprint": fingerprint(request),
+            "response": response.SerializeToString(deterministic=True),
+            "create_time": self.clock.now(),
+        }
+        if later:
+            await self._insert.execute_later(conn, [row])
+        else:
+            await self._insert.execute(conn, row)
 
     async def run(
         self,

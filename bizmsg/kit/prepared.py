@@ -132,6 +132,47 @@ class Prepared:
         c, _ = self._prepare(dialect, rows[0])
         await _run(conn, dialect, c, [self._prepare(dialect, r)[1] for r in rows], "many")
 
+    async def execute_later(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Runs the statement once per row, now or, inside a group commit that defers (see
+        `deferring`), together with the other works' rows just before the commit: one
+        execute_many per statement for the whole batch instead of one call per work. Only for
+        writes nothing later in the same transaction reads (inserts of new rows)."""
+        deferred: dict[Prepared, list[Mapping[str, Any]]] | None = conn.info.get(_DEFERRED)
+        if deferred is None:
+            await self.execute_many(conn, rows)
+        else:
+            deferred.setdefault(self, []).extend(rows)
+
+
+# Where a group commit keeps the rows its works deferred (execute_later), on its connection.
+_DEFERRED = "bizmsg_deferred_rows"
+
+
+@contextmanager
+def deferring(conn: AsyncConnection) -> Iterator[None]:
+    """Within the block, execute_later on `conn` keeps its rows for `flush_deferred`; whatever
+    was not flushed when the block ends is dropped (the transaction is being rolled back)."""
+    conn.info[_DEFERRED] = {}
+    try:
+        yield
+    finally:
+        conn.info.pop(_DEFERRED, None)
+
+
+async def flush_deferred(conn: AsyncConnection) -> None:
+    """Runs the rows deferred so far: each statement once for all its rows, in the order the
+    statements were first deferred; rows of one statement with different keys go apart."""
+    deferred: dict[Prepared, list[Mapping[str, Any]]] | None = conn.info.get(_DEFERRED)
+    if not deferred:
+        return
+    conn.info[_DEFERRED] = {}
+    for prepared, rows in deferred.items():
+        groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+        for row in rows:
+            groups.setdefault(tuple(row), []).append(row)
+        for same_keys in groups.values():
+            await prepared.execute_many(conn, same_keys)
+
 
 # PostgreSQL: callbacks given every statement sent here (tests and the bench count statements;
 # SQLAlchemy's events do not see these). Keyed by the engine's pool; None: every engine.

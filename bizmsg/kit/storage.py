@@ -19,7 +19,7 @@ import functools
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
@@ -40,7 +40,7 @@ from sqlalchemy.util import await_
 from bizmsg.kit import sqlite_inline
 from bizmsg.kit.errors import Unavailable
 from bizmsg.kit.loop import let_ready_work_run
-from bizmsg.kit.prepared import raw_connection
+from bizmsg.kit.prepared import deferring, flush_deferred, raw_connection
 from bizmsg.kit.timeutil import utc
 
 T = TypeVar("T")
@@ -445,21 +445,32 @@ async def _sqlite_transaction(
     await driver.begin(True)
     try:
         outcomes: list[tuple[bool, Any]] = []
-        for work, _ in batch:
-            if savepoints:
-                driver.savepoint()
+        # Without savepoints the works' deferred inserts run together before the commit; a
+        # failure there, too, sends the batch round again with savepoints and nothing deferred.
+        with nullcontext() if savepoints else deferring(conn):
             try:
-                value = await work(conn)
-            except Exception as e:
+                for work, _ in batch:
+                    if savepoints:
+                        driver.savepoint()
+                    try:
+                        value = await work(conn)
+                    except Exception as e:
+                        if not savepoints:
+                            raise
+                        driver.rollback_to_savepoint()
+                        outcomes.append((False, e))
+                    else:
+                        if savepoints:
+                            driver.release_savepoint()
+                        outcomes.append((True, value))
                 if not savepoints:
-                    await _rollback(conn, driver)
-                    return [(False, e)] if len(batch) == 1 else None
-                driver.rollback_to_savepoint()
-                outcomes.append((False, e))
-            else:
+                    await flush_deferred(conn)
+            except Exception as e:
                 if savepoints:
-                    driver.release_savepoint()
-                outcomes.append((True, value))
+                    raise  # not a work's failure (those were caught): the batch fails
+                # Without savepoints nothing of the batch stands.
+                await _rollback(conn, driver)
+                return [(False, e)] if len(batch) == 1 else None
         if conn.in_transaction():
             await conn.commit()
         else:
@@ -483,7 +494,10 @@ async def _run_together(conn: AsyncConnection, batch: list[Work]) -> list[tuple[
     """PostgreSQL: the batch in one transaction; if that fails, each work in its own."""
 
     async def all_of_them() -> list[Any]:
-        return [await work(conn) for work, _ in batch]
+        with deferring(conn):  # the works' deferred inserts run together, before the commit
+            values = [await work(conn) for work, _ in batch]
+            await flush_deferred(conn)
+        return values
 
     ok, values = await _in_transaction(conn, all_of_them)
     if ok:

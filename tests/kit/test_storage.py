@@ -387,6 +387,78 @@ def test_write_batched_takes_savepoints_only_after_a_failure(tmp_path) -> None: 
     assert [s for s in failed if s.startswith("SAVEPOINT")]
 
 
+def test_write_batched_runs_deferred_inserts_together_and_a_clash_fails_alone(
+    database_url: str,
+) -> None:
+    """Rows a work defers (Prepared.execute_later) go in with the whole batch's, one
+    execute_many per statement, before the commit; a clash among them (a twin's key) sends the
+    batch round again work by work, where only the twin fails. Outside a group commit the rows
+    go in at once."""
+    from sqlalchemy.exc import IntegrityError
+
+    from bizmsg.kit import prepared as prepared_module
+
+    insert = Prepared(COUNTER.insert())
+    bump = Prepared(COUNTER.update().where(COUNTER.c.id == 1).values(value=COUNTER.c.value + 1))
+    many: list[int] = []
+    real = Prepared.execute_many
+
+    async def counting(self, conn, rows):  # type: ignore[no-untyped-def]
+        if self is insert:
+            many.append(len(rows))
+        await real(self, conn, rows)
+
+    async def go() -> tuple[list[object], int, set[int], int]:
+        db = Database(database_url)
+        await _setup(db)
+
+        async def work(i: int, conn) -> int:  # type: ignore[no-untyped-def]
+            await bump.execute(conn, {})
+            # 13 and 17 both insert id 1013: the later one clashes.
+            row_id = 1013 if i in (13, 17) else 1000 + i
+            await insert.execute_later(conn, [{"id": row_id, "value": i}])
+            return i
+
+        Prepared.execute_many = counting  # type: ignore[method-assign]
+        try:
+            clean = await asyncio.gather(
+                *(db.write_batched(lambda c, i=i: work(i, c)) for i in range(10))
+            )
+            batched = list(many)
+            many.clear()
+            mixed = await asyncio.gather(
+                *(db.write_batched(lambda c, i=i: work(i, c)) for i in range(10, 20)),
+                return_exceptions=True,
+            )
+        finally:
+            Prepared.execute_many = real  # type: ignore[method-assign]
+        assert clean == list(range(10))
+        assert max(batched) > 1  # rows of several works in one execute_many
+        # Outside a group commit: at once, so the same transaction reads the row back.
+        async with db.write() as s:
+            conn = await s.connection()
+            assert prepared_module._DEFERRED not in conn.info
+            await insert.execute_later(conn, [{"id": 5000, "value": 0}])
+            seen = (await s.execute(select(COUNTER.c.id).where(COUNTER.c.id == 5000))).all()
+        async with db.read() as s:
+            value = int(
+                (await s.execute(select(COUNTER.c.value).where(COUNTER.c.id == 1))).scalar_one()
+            )
+            ids = set((await s.execute(select(COUNTER.c.id))).scalars())
+        await db.dispose()
+        return list(mixed), value, ids, len(seen)
+
+    mixed, value, ids, seen = run(go())
+    failed = [i for i, m in enumerate(mixed, start=10) if isinstance(m, IntegrityError)]
+    assert len(failed) == 1 and failed[0] in (13, 17)
+    assert [m for m in mixed if not isinstance(m, IntegrityError)] == [
+        i for i in range(10, 20) if i != failed[0]
+    ]
+    assert value == 19  # the twin's bump was rolled back with it
+    assert ids == {1, 5000} | {1000 + i for i in range(20) if i not in (17,)}
+    assert seen == 1
+
+
 def test_write_batched_shares_commits(database_url: str) -> None:
     """Works that arrive together commit together, on both backends; each caller gets its own
     work's result, and a prepared statement (no SQLAlchemy statement at all) commits too."""
