@@ -118,6 +118,20 @@ def test_quick_null_pipeline_writes_json_and_chart(tmp_path: Path) -> None:
 
 @needs_h2load
 @pytest.mark.integration
+def test_levels_and_duration_replace_the_plans_sweep(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--only", "null", "--levels", "8", "--duration", "1", "--json", str(out)]
+    code = bench_main(argv)
+    assert code == 0
+    fig = json.loads(out.read_text())
+    assert [p["concurrency"] for p in fig["scenarios"]["null"]["points"]] == [8]
+    assert fig["plan"]["duration"] == 1
+    for bad in (["--levels", "0"], ["--levels", "x"], ["--levels", ","], ["--duration", "-1"]):
+        assert bench_main(["--quick", "--only", "null", *bad]) == 2
+
+
+@needs_h2load
+@pytest.mark.integration
 def test_every_scenario_on_the_real_services(tmp_path: Path) -> None:
     """The smallest full run: seeded services, one point per scenario, every call succeeds."""
     plan = Plan(
