@@ -126,7 +126,7 @@ class Once:
 
         for _ in range(ATTEMPTS):
             try:
-                # Group commit: concurrent calls share a transaction, each in its own savepoint.
+                # Group commit: concurrent calls share a transaction (see Database.write_batched).
                 return await self.db.write_batched(attempt)
             except (Retry, IntegrityError):
                 # A stale cache, or a concurrent writer won a unique index (the same wallet,

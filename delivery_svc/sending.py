@@ -303,7 +303,7 @@ class Sending:
 
         for _ in range(3):
             try:
-                # Group commit: concurrent sends share a transaction, each in its own savepoint.
+                # Group commit: concurrent sends share a transaction (see Database.write_batched).
                 await self.db.write_batched(write)
                 return response, False
             except IntegrityError:

@@ -196,8 +196,9 @@ class Database:
         transaction has committed.
 
         On SQLite, calls that arrive while another transaction holds the write lock share the
-        next transaction (group commit): each work runs in its own SAVEPOINT, so one that raises
-        is rolled back alone and its caller gets the exception; the others commit together.
+        next transaction (group commit). The batch runs without savepoints; if a work raises, it
+        runs again with a SAVEPOINT per work, so the one that raised is rolled back alone and
+        its caller gets the exception; the others commit together.
         A transaction costs several times a statement, and SQLite writes one at a time anyway,
         so under load this is most of a writer's database time saved and no guarantee lost.
         A caller that goes away before its work starts is skipped; once started, the work
@@ -209,6 +210,9 @@ class Database:
         works runs again alone, in a transaction of its own. Works are written to be run again
         (they hold no state across runs). Under load this saves a commit (a WAL flush) per
         call and holds hot rows (a sender's sequence, a wallet) once per batch, not per call.
+
+        On both, the rows works insert with Prepared.execute_later go in together just before
+        the commit, one execute_many per statement; a failure there counts as a work's.
 
         `work` gets the connection, not an ORM session: the hot paths that use this run Core
         and prepared statements only, and a session's begin, flush bookkeeping, commit and
@@ -439,9 +443,9 @@ async def _sqlite_transaction(
     savepoints: bool,
 ) -> list[tuple[bool, Any]] | None:
     """The works in one transaction, committed; None when, without savepoints, a work of a batch
-    of several raised (the transaction was rolled back). When a work ran a SQLAlchemy
-    statement, SQLAlchemy joined the transaction; then SQLAlchemy ends it, so that it knows
-    the transaction is over."""
+    of several (or their deferred inserts) raised (the transaction was rolled back). When a
+    work ran a SQLAlchemy statement, SQLAlchemy joined the transaction; then SQLAlchemy ends
+    it, so that it knows the transaction is over."""
     await driver.begin(True)
     try:
         outcomes: list[tuple[bool, Any]] = []
@@ -463,8 +467,7 @@ async def _sqlite_transaction(
                         if savepoints:
                             driver.release_savepoint()
                         outcomes.append((True, value))
-                if not savepoints:
-                    await flush_deferred(conn)
+                await flush_deferred(conn)  # nothing to do with savepoints (nothing deferred)
             except Exception as e:
                 if savepoints:
                     raise  # not a work's failure (those were caught): the batch fails
