@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -103,6 +104,7 @@ class LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._pending: list[str] = []
         # The loop a flush is scheduled on (a closed loop never runs it: then schedule anew).
         self._flush_on: asyncio.AbstractEventLoop | None = None
+        self._flush_thread = 0  # the thread that loop runs on
 
     def emit(self, record: logging.LogRecord) -> None:  # called holding self.lock
         try:
@@ -114,6 +116,16 @@ class LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit_line(self, line: str) -> None:
         """Queues a formatted line (see info_fast); written at once off the loop."""
+        flush_on = self._flush_on
+        if (
+            flush_on is not None
+            and threading.get_ident() == self._flush_thread
+            and flush_on.is_running()
+        ):
+            # A flush is scheduled on the loop running on this thread. Checked before asking
+            # for the running loop, which costs a getpid() system call on Python 3.11.
+            self._pending.append(line)
+            return
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -123,6 +135,7 @@ class LoopBatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.flush()  # another thread, or no loop: at once (after what the loop has pending)
         elif self._flush_on is not loop:
             self._flush_on = loop
+            self._flush_thread = threading.get_ident()
             loop.call_soon(self.flush)
 
     def flush(self) -> None:

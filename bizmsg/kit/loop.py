@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextvars
+import types
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, TypeVar
 
 from bizmsg.kit.config import Settings
+
+T = TypeVar("T")
 
 
 async def let_ready_work_run(turns: int) -> None:
@@ -15,6 +20,27 @@ async def let_ready_work_run(turns: int) -> None:
     Each caller's number of turns is its own, measured."""
     for _ in range(turns):
         await asyncio.sleep(0)
+
+
+@types.coroutine
+def run_in_context(
+    ctx: contextvars.Context, coro: Coroutine[Any, Any, T]
+) -> Generator[Any, Any, T]:
+    """Awaits `coro` with each of its steps run in `ctx` (as a task made with that context
+    would), but inside the awaiting task: no task to make and schedule, and a coroutine that
+    does not suspend (SQLite's statements never do) runs to its end at once. What it waits on
+    is passed up to the awaiting task, and cancellation comes down into it, as in a task."""
+    sent: Any = None
+    thrown: BaseException | None = None
+    while True:
+        try:
+            waiting = ctx.run(coro.send, sent) if thrown is None else ctx.run(coro.throw, thrown)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        try:
+            sent, thrown = (yield waiting), None
+        except BaseException as e:  # handed to the coroutine, as a task would
+            sent, thrown = None, e
 
 
 def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:

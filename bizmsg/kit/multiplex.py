@@ -168,6 +168,9 @@ class _Stream(Generic[Resp]):
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self.call = open_stream(self._requests(), metadata=(("authorization", authorization),))
         self._reader = asyncio.create_task(self._read(), name=f"{name}-stream-reader")
+        # The loop its items' answers are made on, kept: asyncio.get_running_loop() costs a
+        # getpid() system call on Python 3.11, and every item would make one.
+        self.loop = self._reader.get_loop()
 
     async def _requests(self) -> AsyncIterator[Any]:
         # Write nothing until the server has accepted the stream: a write racing its refusal
@@ -370,9 +373,9 @@ class StreamClient(Generic[Req, Resp]):
             timeout=_duration(seconds),
             request=request,
         )
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Resp] = loop.create_future()
         stream = self._current()
+        loop = stream.loop
+        answer: asyncio.Future[Resp] = loop.create_future()
         stream.send(correlation_id, item, answer)
         # The deadline as a timer on the answer itself: asyncio.wait_for would add a future,
         # callbacks and a cancellation round per call.

@@ -39,7 +39,7 @@ from sqlalchemy.util import await_
 
 from bizmsg.kit import sqlite_inline
 from bizmsg.kit.errors import Unavailable
-from bizmsg.kit.loop import let_ready_work_run
+from bizmsg.kit.loop import let_ready_work_run, run_in_context
 from bizmsg.kit.prepared import deferring, flush_deferred, raw_connection
 from bizmsg.kit.timeutil import utc
 
@@ -222,9 +222,9 @@ class Database:
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # The work runs in the caller's context (principal, request id, deadline), not the
-        # batcher's.
+        # batcher's, inside the batcher's task (no task per work).
         ctx = contextvars.copy_context()
-        self._batch.append((lambda s: asyncio.create_task(work(s), context=ctx), future))
+        self._batch.append((lambda s: run_in_context(ctx, work(s)), future))
         if self._batcher is None:
             self._batcher = asyncio.ensure_future(self._run_batches())
         return cast(T, await future)

@@ -777,3 +777,49 @@ def test_write_batched_runs_each_work_in_its_callers_context(tmp_path) -> None: 
 
     for name, seen in run(go()):
         assert seen == f"business:{name}"
+
+
+def test_a_work_that_suspends_keeps_its_context_and_can_be_cancelled_with_the_batcher() -> None:
+    """Works run inside the batcher's task (kit.loop.run_in_context), not in a task each: one
+    that suspends mid-way still sees its caller's context variables when it resumes, gets
+    what it awaited, and a cancellation of the batcher reaches into it."""
+    import contextvars
+
+    from bizmsg.kit.loop import run_in_context
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="batcher")
+
+    async def work(waiter: asyncio.Future[int]) -> tuple[str, int, str]:
+        before = var.get()
+        got = await waiter
+        await asyncio.sleep(0)
+        return before, got, var.get()
+
+    async def go() -> None:
+        var.set("caller")
+        ctx = contextvars.copy_context()
+        var.set("batcher")
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.01, waiter.set_result, 7)
+        assert await run_in_context(ctx, work(waiter)) == ("caller", 7, "caller")
+        assert var.get() == "batcher"
+
+        cleaned: list[str] = []
+
+        async def hangs() -> None:
+            try:
+                await asyncio.sleep(10)
+            finally:
+                cleaned.append(var.get())
+
+        async def batcher() -> None:
+            await run_in_context(ctx, hangs())
+
+        task = asyncio.ensure_future(batcher())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert cleaned == ["caller"]
+
+    run(go())
