@@ -27,7 +27,7 @@ from bizmsg.consent.v1 import consent_pb2, consent_pb2_grpc
 from bizmsg.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 from bizmsg.kit import logs, multiplex
 from bizmsg.kit.config import Settings
-from bizmsg.kit.loop import loop_factory
+from bizmsg.kit.loop import loop_factory, tune_gc
 from bizmsg.kit.server import Runtime, ServiceDefinition, start
 from delivery_svc.dependencies import ChargeRequest, Dependencies
 
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     logs.configure(settings.log_level, f"kit-{ns.role}")
     targets = {"consent": ns.consent, "billing": ns.billing} if ns.role == "front" else {}
+    tune_gc()  # as the services (bizmsg.kit.server)
     with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
         runner.run(serve(ns.role, ns.port, targets))
 

@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bizmsg.kit.config import Settings
-from bizmsg.kit.loop import loop_factory
+from bizmsg.kit.loop import loop_factory, tune_gc
 
 FRONT_SERVICE, FRONT_METHOD = "bizmsg.delivery.v1.DeliveryService", "SendMessage"
 CONSENT_PATH = "/bizmsg.consent.v1.ConsentService/CheckConsent"
@@ -133,7 +133,9 @@ def arguments(module: str, roles: tuple[str, ...], argv: list[str] | None) -> ar
 
 def main(argv: list[str] | None = None) -> None:
     ns = arguments("bizmsg.bench.null_pipeline", ("front", "leaf"), argv)
-    # The same event loop as the services (bizmsg.kit.server): the same process layout.
+    # The same event loop and collector settings as the services (bizmsg.kit.server): the
+    # same process layout.
+    tune_gc()
     with asyncio.Runner(loop_factory=loop_factory(Settings())) as runner:
         runner.run(serve(ns.role, ns.port, ns.consent, ns.billing))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar
@@ -11,6 +12,13 @@ from typing import Any, TypeVar
 from bizmsg.kit.config import Settings
 
 T = TypeVar("T")
+
+# Container allocations (net of frees) between two young collections of the cyclic garbage
+# collector; Python's default is 700. A young collection looks at every young object still
+# alive, and under load those are the calls in flight whatever the threshold, so a higher one
+# does the same work per collection far less often. py-spy put the collector at about 2 % of
+# delivery's event loop with the default.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 async def let_ready_work_run(turns: int) -> None:
@@ -41,6 +49,16 @@ def run_in_context(
             sent, thrown = (yield waiting), None
         except BaseException as e:  # handed to the coroutine, as a task would
             sent, thrown = None, e
+
+
+def tune_gc() -> None:
+    """For a serving process, once its modules are imported: what exists now (modules,
+    classes, compiled statements) is moved out of the collector's sight for good (gc.freeze),
+    so that full collections skip it, and young collections run less often."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:

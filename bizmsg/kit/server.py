@@ -26,7 +26,7 @@ from bizmsg.kit.auth import TokenAuthority
 from bizmsg.kit.clients import Channels, server_credentials
 from bizmsg.kit.clock import Clock, OffsetFileClock, SystemClock
 from bizmsg.kit.config import Settings
-from bizmsg.kit.loop import loop_factory
+from bizmsg.kit.loop import loop_factory, tune_gc
 from bizmsg.kit.storage import Database
 
 log = logging.getLogger("bizmsg.server")
@@ -213,6 +213,7 @@ def main(definition: ServiceDefinition) -> None:
     settings = Settings()
     logs.configure(settings.log_level, definition.name)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    tune_gc()
     with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
         if not runner.run(serve(definition, settings)):
             # Drained and committed work is safe; do not hang on a task that ignores cancel.
