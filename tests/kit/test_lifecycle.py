@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -79,3 +80,30 @@ def test_sigterm_drains_in_flight_calls_then_exits_zero(echo_process) -> None:  
     lines = log_path.read_text().splitlines()
     assert any('"method": "/bizmsg.test.v1.EchoService/Slow"' in line for line in lines)
     assert any('"code": "OK"' in line and '"principal": "admin"' in line for line in lines)
+
+
+def test_a_serving_process_tunes_the_collector_once_its_modules_are_imported() -> None:
+    """kit.loop.tune_gc (run by every service's main, and the bench's pipelines): start-up's
+    objects are frozen out of the collector's sight, and young collections run every
+    GC_YOUNG_THRESHOLD allocations; a cycle made afterwards is still collected."""
+    code = (
+        "import gc, json\n"
+        "from bizmsg.kit.loop import GC_YOUNG_THRESHOLD, tune_gc\n"
+        "tune_gc()\n"
+        "frozen = gc.get_freeze_count()\n"
+        "class Node: pass\n"
+        "a, b = Node(), Node()\n"
+        "a.other, b.other = b, a\n"
+        "import weakref\n"
+        "gone = weakref.ref(a)\n"
+        "del a, b\n"
+        "gc.collect()\n"
+        "print(json.dumps([gc.get_threshold()[0], GC_YOUNG_THRESHOLD, frozen, gone() is None]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    threshold, expected, frozen, collected = json.loads(out)
+    assert threshold == expected
+    assert frozen > 1000  # the imported modules' objects
+    assert collected
