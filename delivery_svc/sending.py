@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,6 +48,7 @@ from delivery_svc.policy import AUTHORIZATION_MARGIN, Status, category_name, con
 
 log = logging.getLogger("delivery.send")
 METHOD = "SendMessage"
+Response = delivery_pb2.SendMessageResponse
 
 
 @dataclass(frozen=True)
@@ -95,16 +96,13 @@ class Sending:
         # Settlements of sends whose caller went away (kept referenced until they finish).
         self._settling: set[asyncio.Future[None]] = set()
 
-    async def send(
-        self, request: delivery_pb2.SendMessageRequest, out: Outgoing
-    ) -> delivery_pb2.SendMessageResponse:
+    async def send(self, request: delivery_pb2.SendMessageRequest, out: Outgoing) -> Response:
         arrival = self.clock.now()
         state: store.LimitState | None = None
         # Single reads (prepared statements, no transaction): whether this request_id was
         # answered, and the recipient with the limits' state (for a business, one statement
         # for both). They need not agree with each other; the limits are counted again in the
         # store transaction, and a concurrent twin is caught by the idempotency record there.
-        response_type = delivery_pb2.SendMessageResponse
         async with self.db.connect() as conn:
             if out.business_sends:
                 recipient = await store.recipient_and_limits(
@@ -117,11 +115,11 @@ class Sending:
                 )
                 devices, country, state = recipient.devices, recipient.country, recipient.limits
                 if recipient.answered is None:  # no device row carried the answer: ask alone
-                    stored = await self.idem.lookup(conn, METHOD, request, response_type)
+                    stored = await self.idem.lookup(conn, METHOD, request, Response)
                 else:
-                    stored = self.idem.stored(request, response_type, *recipient.answered)
+                    stored = self.idem.stored(request, Response, *recipient.answered)
             else:
-                stored = await self.idem.lookup(conn, METHOD, request, response_type)
+                stored = await self.idem.lookup(conn, METHOD, request, Response)
                 if stored is None:
                     devices, country = await store.recipient_devices(conn, str(out.recipient))
         if stored is not None:
@@ -136,16 +134,22 @@ class Sending:
             if out.business_sends
             else await self._record_user_message(message_id, out)
         )
-        # The store runs in its own task: a caller that goes away (cancelling this one) must not
-        # interrupt a commit that may already have landed and then void the charge of a
-        # message that was stored. The outcome is settled when it is known (_settle).
-        stored_task = asyncio.ensure_future(
-            self._store(request, out, message_id, charge, arrival, state)
-        )
+        # The store goes to the group commit, shielded from this call: a caller that goes away
+        # (cancelling this one) must not interrupt a commit that may already have landed and
+        # then void the charge of a message that was stored. The outcome is settled when it is
+        # known (_settle).
+        write = self._store_work(request, out, message_id, charge, arrival, state)
+        outcome = self.db.submit_batched(write)
         try:
-            response, duplicate = await asyncio.shield(stored_task)
+            try:
+                response, duplicate = await asyncio.shield(outcome)
+            except IntegrityError:
+                # A concurrent call with this request_id committed first (rare): answer as it
+                # did, in a task of its own for the same reason.
+                outcome = asyncio.ensure_future(self._after_clash(request, write))
+                response, duplicate = await asyncio.shield(outcome)
         except asyncio.CancelledError:
-            self._in_background(self._settle(stored_task, message_id, charge))
+            self._in_background(self._settle(outcome, message_id, charge))
             raise
         except BaseException:
             await self._void_quietly(message_id, charge)
@@ -241,7 +245,7 @@ class Sending:
         )
         return _Charge()
 
-    async def _store(
+    def _store_work(
         self,
         request: delivery_pb2.SendMessageRequest,
         out: Outgoing,
@@ -249,9 +253,8 @@ class Sending:
         charge: _Charge,
         arrival: datetime,
         state: store.LimitState | None,
-    ) -> tuple[delivery_pb2.SendMessageResponse, bool]:
-        """Stores the message; (the response, False), or (the first answer, True) when a
-        concurrent call with this request_id committed first."""
+    ) -> Callable[[AsyncConnection], Coroutine[Any, Any, tuple[Response, bool]]]:
+        """The group commit's work that stores the message: (the response, False) once run."""
         message = _message_row(out, message_id, charge, arrival)
         response = _response(message, charge)
         envelopes = [
@@ -265,7 +268,7 @@ class Sending:
             for device_id, ciphertext in out.envelopes
         ]
 
-        async def write(conn: AsyncConnection) -> None:
+        async def write(conn: AsyncConnection) -> tuple[Response, bool]:
             # The rows of the answer, the message, its envelopes and its event go in with the
             # other sends of the group commit, just before it commits (a twin request fails
             # there, and the batch is run again send by send: see Database.write_batched).
@@ -300,33 +303,40 @@ class Sending:
                     "person_id": out.recipient.id,
                 }
                 await store.add_outbox(conn, [store.outbox_row("BUSINESS_REPLY", payload, now)])
+            return response, False
 
-        for _ in range(3):
+        return write
+
+    async def _after_clash(
+        self,
+        request: delivery_pb2.SendMessageRequest,
+        write: Callable[[AsyncConnection], Coroutine[Any, Any, tuple[Response, bool]]],
+    ) -> tuple[Response, bool]:
+        """After the store failed on this request_id's key: (the first answer, True), or, if
+        that answer cannot be read (it was dropped meanwhile), the store again."""
+        for attempt in range(3):
+            async with self.db.read() as s:
+                stored = await self.idem.lookup(s, METHOD, request, Response)
+            if stored is not None:
+                return stored, True  # or ALREADY_EXISTS if its parameters differ
+            if attempt == 2:
+                break
             try:
-                # Group commit: concurrent sends share a transaction (see Database.write_batched).
-                await self.db.write_batched(write)
-                return response, False
+                return await self.db.write_batched(write)
             except IntegrityError:
-                # A concurrent call with the same request_id won: answer with its result
-                # (or ALREADY_EXISTS if its parameters differ).
-                async with self.db.read() as s:
-                    stored = await self.idem.lookup(
-                        s, METHOD, request, delivery_pb2.SendMessageResponse
-                    )
-                if stored is not None:
-                    return stored, True
+                continue
         raise FailedPrecondition("CONFLICT", "a concurrent request with this request_id failed")
 
     async def _settle(
         self,
-        stored_task: asyncio.Future[tuple[delivery_pb2.SendMessageResponse, bool]],
+        outcome: asyncio.Future[tuple[Response, bool]],
         message_id: str,
         charge: _Charge,
     ) -> None:
         """After the caller went away: a message that was stored keeps its authorization;
         one that was not (or lost to a twin) has it voided."""
         try:
-            _, duplicate = await stored_task
+            _, duplicate = await outcome
         except BaseException:
             duplicate = True
         if duplicate:
@@ -392,8 +402,8 @@ def _message_row(out: Outgoing, message_id: str, charge: _Charge, now: datetime)
     }
 
 
-def _response(message: dict[str, Any], charge: _Charge) -> delivery_pb2.SendMessageResponse:
-    return delivery_pb2.SendMessageResponse(
+def _response(message: dict[str, Any], charge: _Charge) -> Response:
+    return Response(
         message_id=message["message_id"],
         status=Status.MESSAGE_STATUS_ACCEPTED,
         price=common_pb2.Money(

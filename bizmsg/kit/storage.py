@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from alembic import command, context
 from alembic.config import Config
@@ -221,14 +221,23 @@ class Database:
         more than the statements). On SQLite the transaction is begun and committed on the
         driver; a SQLAlchemy statement in a work joins it (see on_begin).
         """
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        return await self.submit_batched(work)
+
+    def submit_batched(
+        self, work: Callable[[AsyncConnection], Coroutine[Any, Any, T]]
+    ) -> asyncio.Future[T]:
+        """write_batched's `work`, queued for the next group commit: the future of its outcome.
+        A caller that must learn the outcome even if it goes away awaits it through
+        asyncio.shield (the work then runs whatever happens to the caller); awaited directly,
+        a caller's cancellation cancels it, and a work not yet started is skipped."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         # The work runs in the caller's context (principal, request id, deadline), not the
         # batcher's, inside the batcher's task (no task per work).
         ctx = contextvars.copy_context()
         self._batch.append((lambda s: run_in_context(ctx, work(s)), future))
         if self._batcher is None:
             self._batcher = asyncio.ensure_future(self._run_batches())
-        return cast(T, await future)
+        return future
 
     async def _run_batches(self) -> None:
         try:

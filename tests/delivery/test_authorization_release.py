@@ -232,3 +232,65 @@ def test_the_release_waits_out_billing_being_unreachable_across_a_restart(
     _run(database_url, billing, body)
     assert billing.asked == ["m4"] * 4  # the call, two unanswered repeats, the answer
     assert billing.voided == [("void-m4", "auth-m4")]
+
+
+class Answering(Billing):
+    """Billing's stub that authorizes at once, each message under its own id."""
+
+    async def AuthorizeCharge(
+        self, req: billing_pb2.AuthorizeChargeRequest
+    ) -> billing_pb2.AuthorizeChargeResponse:
+        self.asked.append(req.request_id)
+        return billing_pb2.AuthorizeChargeResponse(authorization_id=f"auth-{req.request_id}")
+
+
+def test_callers_gone_while_their_stores_wait_keep_the_stored_ones_charge_only(
+    database_url: str,
+) -> None:
+    """Two copies of one send, both callers gone while their stores wait for the group commit
+    (SQLite: the writers' turn is held). The stores still run: the first commits and keeps its
+    authorization; the second fails on the request_id's key and has its own voided."""
+    from sqlalchemy import func, select
+
+    from bizmsg.delivery.v1 import delivery_pb2
+    from bizmsg.kit.auth import set_current_principal
+    from bizmsg.kit.idempotency import Idempotency
+    from delivery_svc import store
+    from delivery_svc.limits import LimitSettings
+    from delivery_svc.models import Message, idempotency_keys
+
+    billing = Answering()
+
+    async def body(d: Delivery, clock: ManualClock) -> tuple[int, int]:
+        async with d.db.write() as s:
+            await store.put_device(s, "user:p1", "d1", b"i", b"s", b"g", "DE", clock.now())
+        idem = Idempotency(idempotency_keys, clock)
+        sending = Sending(d.db, clock, idem, d.sending.deps, Notifier(), LimitSettings())
+        set_current_principal(OUT.sender)
+        request = delivery_pb2.SendMessageRequest(request_id="twice", recipient="user:p1")
+        async with d.db.write():  # SQLite: the stores queue behind this
+            calls = [asyncio.ensure_future(sending.send(request, OUT)) for _ in range(2)]
+            for _ in range(200):
+                if len(billing.asked) == 2:
+                    break
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.01)
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+        for _ in range(400):
+            if not sending._settling and billing.voided:
+                break
+            await asyncio.sleep(0.005)
+        async with d.db.read() as s:
+            messages = (await s.execute(select(func.count()).select_from(Message))).scalar_one()
+            answers = (
+                await s.execute(select(func.count()).select_from(idempotency_keys))
+            ).scalar_one()
+        return messages, answers
+
+    assert _run(database_url, billing, body) == (1, 1)
+    assert len(billing.asked) == 2
+    assert len(billing.voided) == 1  # the copy that lost voids its own authorization only
+    lost = billing.voided[0][1]
+    assert lost in {f"auth-{m}" for m in billing.asked}
