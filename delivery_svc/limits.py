@@ -125,8 +125,9 @@ async def count(
     """Counts an accepted message, or raises (and the caller's rollback uncounts it). Runs in
     the store transaction with the sender's row locked, so concurrent sends count exactly."""
     limits = configured(state)
-    counts = await store.bump_counters(conn, counters(business_id, person_id, now))
-    (second_key, _), (pair_key, _) = counters(business_id, person_id, now)
+    keys = counters(business_id, person_id, now)
+    counts = await store.bump_counters(conn, keys)
+    (second_key, _), (pair_key, _) = keys
     _rate_errors(
         settings, limits, business_id, person_id, now, counts[second_key], counts[pair_key]
     )

@@ -230,7 +230,11 @@ class Database:
         A caller that must learn the outcome even if it goes away awaits it through
         asyncio.shield (the work then runs whatever happens to the caller); awaited directly,
         a caller's cancellation cancels it, and a work not yet started is skipped."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        # The running batcher's loop is this one (asyncio.get_running_loop() costs a getpid()
+        # system call on Python 3.11; under load a batcher is nearly always running).
+        batcher = self._batcher
+        loop = asyncio.get_running_loop() if batcher is None else batcher.get_loop()
+        future: asyncio.Future[T] = loop.create_future()
         # The work runs in the caller's context (principal, request id, deadline), not the
         # batcher's, inside the batcher's task (no task per work).
         ctx = contextvars.copy_context()
@@ -424,8 +428,10 @@ class _SharedReader:
     async def __aexit__(self, error_type: type[BaseException] | None, *_: object) -> None:
         conn = self._db._read_conn
         # A SQLAlchemy statement began a transaction: end it, or every later reader would read
-        # its snapshot.
-        if conn is not None and conn.in_transaction():
+        # its snapshot. (Asked of the sync connection: the async one's in_transaction() goes
+        # through three proxies, on every read.)
+        sync = None if conn is None else conn.sync_connection
+        if conn is not None and sync is not None and sync.in_transaction():
             await conn.rollback()
             if error_type is None:  # else the block's own error goes on
                 raise RuntimeError("Database.connect() is for prepared statements only")
