@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy import BindParameter, Row, Table, bindparam, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import aliased
 
 from bizmsg.kit.prepared import Prepared
 from bizmsg.kit.storage import UTCDateTime
@@ -271,15 +272,11 @@ class LimitState:
     conversation_start: datetime | None
 
 
-def _scalar(column: Any, *where: Any) -> Any:
-    return select(column).where(*where).scalar_subquery()
-
-
 _BUSINESS = BusinessLimits.business_id == bindparam("business_id")
 # A recipient's devices with, on every row, what the limits of a send to them depend on:
 # the business's configured limits, its per-second and per-pair counters and when its
 # conversation with the person started, and the send's stored answer (primary-key lookups as
-# scalar subqueries).
+# outer joins: one lookup per table, where scalar subqueries took one per column).
 _DEVICES = select(*_DEVICE_COLUMNS).where(_RECIPIENT)
 _IDEM = idempotency_keys
 _ANSWERED = (
@@ -287,30 +284,40 @@ _ANSWERED = (
     & (_IDEM.c.method == bindparam("answered_method"))
     & (_IDEM.c.request_id == bindparam("answered_request_id"))
 )
-_DEVICES_AND_LIMITS = select(
-    *_DEVICE_COLUMNS,
-    # SendMessage's stored answer for this request_id, if any (Idempotency.stored judges it):
-    # the replay check rides on this statement instead of a statement of its own.
-    _scalar(_IDEM.c.fingerprint, _ANSWERED).label("answered_fingerprint"),
-    _scalar(_IDEM.c.response, _ANSWERED).label("answered_response"),
-    _scalar(BusinessLimits.messages_per_second, _BUSINESS).label("messages_per_second"),
-    _scalar(BusinessLimits.tier, _BUSINESS).label("tier"),
-    _scalar(
-        RateCounter.count,
-        RateCounter.key == bindparam("second_key"),
-        RateCounter.window_start == bindparam("second"),
-    ).label("second_count"),
-    _scalar(
-        RateCounter.count,
-        RateCounter.key == bindparam("pair_key"),
-        RateCounter.window_start == bindparam("minute"),
-    ).label("pair_count"),
-    _scalar(
-        ConversationStart.start_time,
-        ConversationStart.business_id == bindparam("business_id"),
-        ConversationStart.person_id == bindparam("person_id"),
-    ).label("conversation_start"),
-).where(_RECIPIENT)
+_SECOND = aliased(RateCounter)
+_PAIR = aliased(RateCounter)
+_DEVICES_AND_LIMITS = (
+    select(
+        *_DEVICE_COLUMNS,
+        # SendMessage's stored answer for this request_id, if any (Idempotency.stored judges
+        # it): the replay check rides on this statement instead of a statement of its own.
+        _IDEM.c.fingerprint.label("answered_fingerprint"),
+        _IDEM.c.response.label("answered_response"),
+        BusinessLimits.messages_per_second,
+        BusinessLimits.tier,
+        _SECOND.count.label("second_count"),
+        _PAIR.count.label("pair_count"),
+        ConversationStart.start_time.label("conversation_start"),
+    )
+    .select_from(Device)
+    # Each join matches at most one row (its whole primary key is given), so a device row is
+    # never repeated; a missing row leaves its columns NULL.
+    .outerjoin(_IDEM, _ANSWERED)
+    .outerjoin(BusinessLimits, _BUSINESS)
+    .outerjoin(
+        _SECOND,
+        (_SECOND.key == bindparam("second_key")) & (_SECOND.window_start == bindparam("second")),
+    )
+    .outerjoin(
+        _PAIR, (_PAIR.key == bindparam("pair_key")) & (_PAIR.window_start == bindparam("minute"))
+    )
+    .outerjoin(
+        ConversationStart,
+        (ConversationStart.business_id == bindparam("business_id"))
+        & (ConversationStart.person_id == bindparam("person_id")),
+    )
+    .where(_RECIPIENT)
+)
 
 
 _P_DEVICES = Prepared(_DEVICES)
