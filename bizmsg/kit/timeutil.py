@@ -13,11 +13,17 @@ def utc(dt: datetime) -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_timestamp(dt: datetime | None) -> Timestamp:
-    ts = Timestamp()
-    if dt is not None:
-        ts.FromDatetime(utc(dt))
-    return ts
+    """What Timestamp.FromDatetime gives, by integer arithmetic on the time since the epoch:
+    FromDatetime goes through utctimetuple and calendar.timegm in Python (py-spy: 1 % of
+    delivery's loop, for the one timestamp of a SendMessage answer)."""
+    if dt is None:
+        return Timestamp()
+    since = (dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt) - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def from_timestamp(ts: Timestamp) -> datetime | None:
