@@ -49,6 +49,8 @@ from delivery_svc.policy import AUTHORIZATION_MARGIN, Status, category_name, con
 log = logging.getLogger("delivery.send")
 METHOD = "SendMessage"
 Response = delivery_pb2.SendMessageResponse
+# The group commit's work that stores one message (Sending._store_work).
+StoreWork = Callable[[AsyncConnection], Coroutine[Any, Any, tuple[Response, bool]]]
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,7 @@ class Sending:
         charge: _Charge,
         arrival: datetime,
         state: store.LimitState | None,
-    ) -> Callable[[AsyncConnection], Coroutine[Any, Any, tuple[Response, bool]]]:
+    ) -> StoreWork:
         """The group commit's work that stores the message: (the response, False) once run."""
         message = _message_row(out, message_id, charge, arrival)
         response = _response(message, charge)
@@ -310,7 +312,7 @@ class Sending:
     async def _after_clash(
         self,
         request: delivery_pb2.SendMessageRequest,
-        write: Callable[[AsyncConnection], Coroutine[Any, Any, tuple[Response, bool]]],
+        write: StoreWork,
     ) -> tuple[Response, bool]:
         """After the store failed on this request_id's key: (the first answer, True), or, if
         that answer cannot be read (it was dropped meanwhile), the store again."""

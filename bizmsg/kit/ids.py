@@ -74,7 +74,8 @@ def _after_fork() -> None:
     _ids = _Ids()
 
 
-os.register_at_fork(after_in_child=_after_fork)
+if hasattr(os, "register_at_fork"):  # only where processes fork (not on Windows)
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def new_id() -> str:

@@ -19,16 +19,22 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import func, select
 
 from bizmsg.billing.v1 import billing_pb2
 from bizmsg.common.v1 import common_pb2
 from bizmsg.consent.v1 import consent_pb2
-from bizmsg.kit.auth import Principal
+from bizmsg.delivery.v1 import delivery_pb2
+from bizmsg.kit.auth import Principal, set_current_principal
 from bizmsg.kit.clock import ManualClock
 from bizmsg.kit.errors import DomainError
+from bizmsg.kit.idempotency import Idempotency
 from bizmsg.kit.multiplex import rpc_error
 from bizmsg.kit.storage import Database
+from delivery_svc import store
 from delivery_svc.dependencies import Dependencies
+from delivery_svc.limits import LimitSettings
+from delivery_svc.models import Message, idempotency_keys
 from delivery_svc.notify import Notifier
 from delivery_svc.relay import Relay
 from delivery_svc.sending import Outgoing, Sending
@@ -250,15 +256,6 @@ def test_callers_gone_while_their_stores_wait_keep_the_stored_ones_charge_only(
     """Two copies of one send, both callers gone while their stores wait for the group commit
     (SQLite: the writers' turn is held). The stores still run: the first commits and keeps its
     authorization; the second fails on the request_id's key and has its own voided."""
-    from sqlalchemy import func, select
-
-    from bizmsg.delivery.v1 import delivery_pb2
-    from bizmsg.kit.auth import set_current_principal
-    from bizmsg.kit.idempotency import Idempotency
-    from delivery_svc import store
-    from delivery_svc.limits import LimitSettings
-    from delivery_svc.models import Message, idempotency_keys
-
     billing = Answering()
 
     async def body(d: Delivery, clock: ManualClock) -> tuple[int, int]:
