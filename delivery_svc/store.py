@@ -8,6 +8,7 @@ after a write, multi-row inserts. Hot queries are served by the indexes declared
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
-from bizmsg.kit.prepared import Prepared
+from bizmsg.kit.prepared import Prepared, Tally
 from bizmsg.kit.storage import UTCDateTime
 from delivery_svc.models import (
     BusinessLimits,
@@ -66,11 +67,11 @@ def _next_seq(insert: Any) -> Any:
     )
 
 
-def _bump_counters(insert: Any) -> Any:
-    """A send's two counters (limits.counters) bumped in one statement with fixed parameters."""
+def _bump_counters(insert: Any, n: int) -> Any:
+    """`n` counters (of limits.counters) bumped in one statement with fixed parameters."""
     rows = [
         {"key": bindparam(f"key{i}"), "window_start": bindparam(f"window{i}"), "count": 1}
-        for i in (0, 1)
+        for i in range(n)
     ]
     return (
         insert(RateCounter)
@@ -104,7 +105,21 @@ def _prepared(build: Callable[[Any], Any]) -> Prepared:
 
 # What every send runs (see bizmsg.kit.prepared: straight on the driver).
 _P_NEXT_SEQ = _prepared(_next_seq)
-_P_BUMP_COUNTERS = _prepared(_bump_counters)
+_P_BUMP_COUNTERS = {n: _prepared(functools.partial(_bump_counters, n=n)) for n in (1, 2)}
+# Within a group commit, a sender's sequence and a rate counter are read once and then counted
+# in memory (Tally): in a business's burst every send of a batch adds to the same two rows.
+_COUNTS = Tally(
+    Prepared(
+        update(RateCounter)
+        .where(
+            (RateCounter.key == bindparam("key"))
+            & (RateCounter.window_start == bindparam("window_start"))
+        )
+        .values(count=bindparam("count"))
+    ),
+    ("key", "window_start"),
+    "count",
+)
 _P_START_CONVERSATION = _prepared(_start_conversation)
 _P_INSERT_MESSAGE = Prepared(_INSERT_MESSAGE)
 _P_INSERT_ENVELOPES = Prepared(_INSERT_ENVELOPES)
@@ -394,10 +409,26 @@ async def bump_counter(session: AsyncSession, key: str, window_start: int) -> No
 async def bump_counters(
     conn: AsyncConnection, counters: tuple[tuple[str, int], tuple[str, int]]
 ) -> dict[str, int]:
-    """Adds one to a send's two (key, window) counters in one statement; the new counts."""
-    (key0, window0), (key1, window1) = counters
-    params = {"key0": key0, "window0": window0, "key1": key1, "window1": window1}
-    return {str(k): int(c) for k, c in await _P_BUMP_COUNTERS.rows(conn, params)}
+    """Adds one to a send's two (key, window) counters (in one statement, for those not held
+    in this group commit); the new counts."""
+    counts: dict[str, int] = {}
+    missing: list[tuple[str, int]] = []
+    for counter in counters:
+        count = _COUNTS.add(conn, counter)
+        if count is None:
+            missing.append(counter)
+        else:
+            counts[counter[0]] = count
+    if missing:
+        params: dict[str, Any] = {}
+        for i, (key, window) in enumerate(missing):
+            params[f"key{i}"] = key
+            params[f"window{i}"] = window
+        windows = dict(missing)
+        for key, count in await _P_BUMP_COUNTERS[len(missing)].rows(conn, params):
+            counts[key] = count = int(count)
+            _COUNTS.hold(conn, (key, windows[key]), count)
+    return counts
 
 
 async def drop_counters_before(session: AsyncSession, window_start: int) -> None:
@@ -431,7 +462,12 @@ async def next_seq(conn: AsyncConnection, sender: str) -> int:
     """Takes the sender's next status sequence number; the row stays locked (PostgreSQL)
     until the transaction ends, so sequences are gap-free in commit order. Creates the row
     on first use."""
-    return int((await _P_NEXT_SEQ.rows(conn, {"sender": sender}))[0][0])
+    key = (sender,)
+    seq = _SEQS.add(conn, key)
+    if seq is None:
+        seq = int((await _P_NEXT_SEQ.rows(conn, {"sender": sender}))[0][0])
+        _SEQS.hold(conn, key, seq)
+    return seq
 
 
 _LOCK_SENDERS = (
@@ -443,6 +479,7 @@ _LOCK_SENDERS = (
 _SET_LAST_SEQ = (
     update(Sender).where(Sender.sender == bindparam("name")).values(last_seq=bindparam("seq"))
 )
+_SEQS = Tally(Prepared(_SET_LAST_SEQ), ("name",), "seq")
 
 
 async def lock_senders(conn: AsyncConnection, senders: Iterable[str]) -> dict[str, int]:

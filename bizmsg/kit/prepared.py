@@ -146,32 +146,83 @@ class Prepared:
 
 # Where a group commit keeps the rows its works deferred (execute_later), on its connection.
 _DEFERRED = "bizmsg_deferred_rows"
+# ... and the counts its works add to (Tally), by (tally, key): [count, adds since it was read].
+_TALLIES = "bizmsg_tallies"
 
 
 @contextmanager
 def deferring(conn: AsyncConnection) -> Iterator[None]:
-    """Within the block, execute_later on `conn` keeps its rows for `flush_deferred`; whatever
-    was not flushed when the block ends is dropped (the transaction is being rolled back)."""
+    """Within the block, execute_later on `conn` keeps its rows for `flush_deferred`, and
+    Tally.add counts in memory; whatever was not flushed when the block ends is dropped (the
+    transaction is being rolled back)."""
     conn.info[_DEFERRED] = {}
+    conn.info[_TALLIES] = {}
     try:
         yield
     finally:
         conn.info.pop(_DEFERRED, None)
+        conn.info.pop(_TALLIES, None)
 
 
 async def flush_deferred(conn: AsyncConnection) -> None:
     """Runs the rows deferred so far: each statement once for all its rows, in the order the
-    statements were first deferred; rows of one statement with different keys go apart."""
+    statements were first deferred; rows of one statement with different keys go apart. Then
+    writes each tally's count that was added to in memory (Tally)."""
     deferred: dict[Prepared, list[Mapping[str, Any]]] | None = conn.info.get(_DEFERRED)
-    if not deferred:
-        return
-    conn.info[_DEFERRED] = {}
-    for prepared, rows in deferred.items():
-        groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
-        for row in rows:
-            groups.setdefault(tuple(row), []).append(row)
-        for same_keys in groups.values():
-            await prepared.execute_many(conn, same_keys)
+    if deferred:
+        conn.info[_DEFERRED] = {}
+        for prepared, rows in deferred.items():
+            groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+            for row in rows:
+                groups.setdefault(tuple(row), []).append(row)
+            for same_keys in groups.values():
+                await prepared.execute_many(conn, same_keys)
+    tallies: dict[tuple[Tally, tuple[Any, ...]], list[int]] | None = conn.info.get(_TALLIES)
+    if tallies:
+        conn.info[_TALLIES] = {}
+        by_tally: dict[Tally, list[Mapping[str, Any]]] = {}
+        for (tally, key), (count, added) in tallies.items():
+            if added:
+                row = dict(zip(tally.key_names, key, strict=True))
+                row[tally.count_name] = count
+                by_tally.setdefault(tally, []).append(row)
+        for tally, rows in by_tally.items():
+            await tally.put.execute_many(conn, rows)
+
+
+class Tally:
+    """A count that many works of one group commit add one to: a sender's last sequence
+    number, a business's messages this second. Each add is normally an upsert that returns
+    the new count; inside a group commit that defers (see `deferring`) only the first add of a
+    key in the transaction runs it (which also locks the row on PostgreSQL; SQLite's writer
+    holds the whole file), the later ones count in memory, and `flush_deferred` writes the
+    final count once, with `put` (an UPDATE taking the key columns and `count_name`). Every
+    add returns the exact count: nothing else can change the row before the commit. So only
+    for rows that no other statement of the same transaction reads or writes; the count is
+    gone with the transaction if it is rolled back (the batch then runs again without it)."""
+
+    def __init__(self, put: Prepared, key_names: tuple[str, ...], count_name: str) -> None:
+        self.put = put
+        self.key_names = key_names
+        self.count_name = count_name
+
+    def add(self, conn: AsyncConnection, key: tuple[Any, ...]) -> int | None:
+        """One more on `key`'s count held in this transaction: the new count, or None when
+        none is held (run the upsert, then `hold` what it returned)."""
+        tallies: dict[tuple[Tally, tuple[Any, ...]], list[int]] | None = conn.info.get(_TALLIES)
+        held = None if tallies is None else tallies.get((self, key))
+        if held is None:
+            return None
+        held[0] += 1
+        held[1] += 1
+        return held[0]
+
+    def hold(self, conn: AsyncConnection, key: tuple[Any, ...], count: int) -> None:
+        """`key`'s count as the upsert just returned it, held for later adds in this group
+        commit (nothing is held outside one)."""
+        tallies: dict[tuple[Tally, tuple[Any, ...]], list[int]] | None = conn.info.get(_TALLIES)
+        if tallies is not None:
+            tallies[self, key] = [count, 0]
 
 
 # PostgreSQL: callbacks given every statement sent here (tests and the bench count statements;

@@ -489,6 +489,80 @@ def test_write_batched_shares_commits(database_url: str) -> None:
     assert 1 <= commits < 20
 
 
+def test_tally_reads_a_count_once_per_batch_and_writes_its_total(database_url: str) -> None:
+    """Works of one group commit that add to the same count (Tally) run the upsert once per
+    key and count the rest in memory; each gets the exact count, and the total is written
+    before the commit. A work that fails rolls back the batch with its counts; the batch runs
+    again without a tally (each add its own upsert), so the failed work's add is undone alone.
+    Outside a group commit each add is an upsert of its own."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from bizmsg.kit.prepared import Tally
+
+    def upsert(insert):  # type: ignore[no-untyped-def]
+        return (
+            insert(COUNTER)
+            .values(id=bindparam("key_id"), value=1)
+            .on_conflict_do_update(index_elements=["id"], set_={"value": COUNTER.c.value + 1})
+            .returning(COUNTER.c.value)
+        )
+
+    add = Prepared(upsert(sqlite.insert), postgresql=upsert(postgresql.insert))
+    put = Prepared(
+        COUNTER.update().where(COUNTER.c.id == bindparam("key_id")).values(value=bindparam("n"))
+    )
+    tally = Tally(put, ("key_id",), "n")
+    upserts: list[int] = []
+
+    async def count(conn: AsyncConnection, key_id: int) -> int:
+        held = tally.add(conn, (key_id,))
+        if held is not None:
+            return held
+        upserts.append(key_id)
+        (value,) = await add.first(conn, {"key_id": key_id})
+        tally.hold(conn, (key_id,), value)
+        return int(value)
+
+    async def go() -> tuple[list[int], list[int], list[object], dict[int, int], list[int]]:
+        db = Database(database_url)
+        await _setup(db)
+
+        async def work(i: int, conn: AsyncConnection) -> int:
+            got = await count(conn, 7 if i % 2 else 8)
+            if i == 25:
+                raise InvalidArgument([("i", "refused after counting")])
+            return got
+
+        first = await asyncio.gather(
+            *(db.write_batched(lambda c, i=i: work(i, c)) for i in range(20))
+        )
+        first_upserts = list(upserts)
+        upserts.clear()
+        mixed = await asyncio.gather(
+            *(db.write_batched(lambda c, i=i: work(i, c)) for i in range(20, 30)),
+            return_exceptions=True,
+        )
+        async with db.write() as s:  # no group commit: an upsert per add
+            conn = await s.connection()
+            upserts.clear()
+            outside = [await count(conn, 9), await count(conn, 9)]
+        async with db.read() as s:
+            rows = (await s.execute(select(COUNTER.c.id, COUNTER.c.value))).all()
+        await db.dispose()
+        return list(first), first_upserts, list(mixed), dict(rows), outside  # type: ignore[arg-type]
+
+    first, first_upserts, mixed, values, outside = run(go())
+    assert sorted(first[1::2]) == list(range(1, 11))  # key 7: exact counts, each once
+    assert sorted(first[0::2]) == list(range(1, 11))  # key 8
+    assert len(first_upserts) < 20  # at most one upsert per key and batch
+    assert isinstance(mixed[5], InvalidArgument)
+    ok = [m for i, m in enumerate(mixed) if i != 5]
+    assert sorted(ok) == sorted([11, 12, 13, 14, 15, 11, 12, 13, 14])
+    assert values == {1: 0, 7: 14, 8: 15, 9: 2}  # the failed work (key 7) is not counted
+    assert outside == [1, 2]
+    assert upserts == [9, 9]
+
+
 @contextmanager
 def _commits(db: Database) -> Iterator[list[int]]:
     """Counts the COMMITs run in the block: on SQLite at the driver (group commit commits
