@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--duration", type=int, default=0, help="measured seconds per point (default: the plan's)"
     )
+    p.add_argument(
+        "--slices",
+        type=int,
+        default=0,
+        help="measure each pipeline point in this many slices, the pipelines taking turns at "
+        "each level (default: the plan's; 1 = one unbroken run each)",
+    )
     p.add_argument("--work-dir", type=Path, help="keep databases, logs and h2load logs here")
     p.add_argument(
         "--scale",
@@ -72,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Options of the h2load benchmark that mean nothing to --scale.
-_NOT_SCALE = ("quick", "only", "chart", "soak", "profile", "work_dir", "levels", "duration")
+_NOT_SCALE = (
+    "quick", "only", "chart", "soak", "profile", "work_dir", "levels", "duration", "slices",
+)  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -120,6 +129,11 @@ def main(argv: list[str]) -> int:
         return 2
     if ns.duration:
         plan = replace(plan, duration=ns.duration)
+    if ns.slices < 0:
+        print("bizmsg bench: --slices must be positive")
+        return 2
+    if ns.slices:
+        plan = replace(plan, slices=ns.slices)
     work_dir = ns.work_dir or Path(tempfile.mkdtemp(prefix="bizmsg-bench-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     runner = Runner(plan, work_dir, ns.database_url, ns.profile)

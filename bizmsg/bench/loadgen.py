@@ -64,6 +64,11 @@ class Result:
     p99_ms: float
     cpu_seconds: float  # user + system time of h2load over the whole run (warm-up included)
     wall_seconds: float
+    latencies_ms: tuple[float, ...] = ()  # of the calls answered 200 in the measured period
+
+    @property
+    def measured_seconds(self) -> float:
+        return self.requests / self.rps if self.rps else 0.0
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -136,6 +141,7 @@ def parse(output: str, log_rows: list[tuple[int, int, int]], concurrency: int) -
         p99_ms=percentile(latencies, 99),
         cpu_seconds=0.0,
         wall_seconds=0.0,
+        latencies_ms=tuple(latencies),
     )
 
 

@@ -30,12 +30,15 @@ class Plan:
     levels: tuple[int, ...]  # concurrency sweep of the pipelines (null, kit, SendMessage)
     single_levels: tuple[int, ...]  # concurrency of the services measured alone
     duration: int  # measured seconds per point
-    warmup: int  # seconds per point before measuring
+    warmup: int  # seconds before measuring, per slice
     people: int
     businesses: int
     campaigns: int
     soak_minutes: float = 0.0
     scenarios: tuple[str, ...] = tuple(s.key for s in SCENARIOS)
+    # A pipeline's point is measured in this many slices of duration/slices seconds, taken in
+    # turn with the other pipelines' slices at the same concurrency (see Runner.run).
+    slices: int = 1
 
     def runs(self) -> int:
         return sum(
@@ -50,8 +53,8 @@ QUICK = Plan(
     campaigns=5,
 )  # fmt: skip
 FULL = Plan(
-    levels=(1, 4, 16, 64, 128), single_levels=(4, 16, 64), duration=10, warmup=2, people=2000,
-    businesses=1, campaigns=20,
+    levels=(1, 4, 16, 64, 128), single_levels=(4, 16, 64), duration=10, warmup=1, people=2000,
+    businesses=1, campaigns=20, slices=5,
 )  # fmt: skip
 
 
@@ -72,6 +75,7 @@ class Point:
     cpu_ms_per_call: dict[str, float]  # each service's CPU per call of the scenario
     peak_rss_mb: dict[str, float]
     profile: dict[str, Any] | None = None  # with --profile: SQL per call and CPU hot spots
+    slices: int = 1  # h2load runs it was measured in (Plan.slices)
 
 
 @dataclass
@@ -172,17 +176,17 @@ class Runner:
                     raise BenchError(f"seeding failed: {e.code().name}: {e.details()}") from e
             chosen = [sc for sc in SCENARIOS if sc.key in self.plan.scenarios]
             results = {sc.key: self._sampled(sc, progress) for sc in chosen}
-            # The pipelines alternate, level by level: on a machine whose speed drifts
-            # (a shared VM; seen here to change CPU per call by 1.5x within minutes), their
-            # ratio then compares points measured a few seconds apart, not minutes.
+            # The pipelines take turns in slices of a few seconds at each level: on a machine
+            # whose speed drifts (a shared VM; seen here to change the CPU a call costs by 2x
+            # within a minute), their ratio then compares the same moments, not two stretches
+            # of ten seconds one after the other.
             pipelines = [sc for sc in chosen if sc.pipeline and not results[sc.key].error]
             for level in self.plan.levels:
-                for sc in pipelines:
-                    self._measure(sc, level, results[sc.key], watch, progress)
+                self._measure(pipelines, level, self.plan.slices, results, watch, progress)
             for sc in chosen:
                 if not sc.pipeline and not results[sc.key].error:
                     for level in self.plan.single_levels:
-                        self._measure(sc, level, results[sc.key], watch, progress)
+                        self._measure([sc], level, 1, results, watch, progress)
             soak = None
             send = results.get("send")
             if self.plan.soak_minutes > 0 and send is not None and send.peak() is not None:
@@ -223,11 +227,28 @@ class Runner:
         return result
 
     def _measure(
-        self, sc: Scenario, level: int, result: ScenarioResult, watch: LogWatch, progress: Progress
+        self,
+        scenarios: list[Scenario],
+        level: int,
+        slices: int,
+        results: dict[str, ScenarioResult],
+        watch: LogWatch,
+        progress: Progress,
     ) -> None:
-        progress(f"{sc.key} c={level}", 0)
-        result.points.append(self._point(sc, level, watch))
-        progress(f"{sc.key} c={level}: {result.points[-1].rps:.0f}/s", 1)
+        """One point per scenario at `level`, each measured in `slices` runs, the scenarios
+        taking turns. Profiling watches one unbroken window."""
+        slices = 1 if self.profiler else slices
+        seconds = max(1, self.plan.duration // slices)
+        taken: dict[str, list[_Slice]] = {sc.key: [] for sc in scenarios}
+        for i in range(slices):
+            for sc in scenarios:
+                part = f" {i + 1}/{slices}" if slices > 1 else ""
+                progress(f"{sc.key} c={level}{part}", 0)
+                taken[sc.key].append(self._slice(sc, level, watch, seconds))
+        for sc in scenarios:
+            point = _point(level, taken[sc.key])
+            results[sc.key].points.append(point)
+            progress(f"{sc.key} c={level}: {point.rps:.0f}/s", 1)
 
     def _levels(self, sc: Scenario) -> tuple[int, ...]:
         return self.plan.levels if sc.pipeline else self.plan.single_levels
@@ -247,7 +268,7 @@ class Runner:
         text = str(sc.response_type.FromString(raw)).replace("\n", " ").strip()
         return text[:200]
 
-    def _point(self, sc: Scenario, level: int, watch: LogWatch) -> Point:
+    def _slice(self, sc: Scenario, level: int, watch: LogWatch, seconds: int) -> _Slice:
         pids = self.stack.pids()
         for pid in pids.values():
             procs.reset_peak(pid)
@@ -261,7 +282,7 @@ class Runner:
             message=sc.message(self._tag()),
             token=token_for(sc.principal),
             concurrency=level,
-            duration=self.plan.duration,
+            duration=seconds,
             warmup=self.plan.warmup,
             pick=self.plan.people,
         )
@@ -279,41 +300,20 @@ class Runner:
         else:
             logged_by = "kit-front" if sc.target == "kit" else sc.target
             codes = dict(watch.codes(mark, logged_by, sc.path))
-        total = sum(codes.values())
-        # h2load resets the streams still in flight when its time is up; the service logs
-        # those as CANCELLED. They are the window's edge, not failures: keep them out of
-        # the success fraction (they stay visible in `codes`).
-        cut = codes.get("CANCELLED", 0) if codes.get("CANCELLED", 0) <= level else 0
-        answered = total - cut
         stored = None if stored_before is None else (self._stored(sc) or 0) - stored_before
         relevant = self._relevant(sc)
         profile = None
         if self.profiler and sc.target not in ("null", "kit"):
-            profile = self.profiler.finish(f"{sc.key}-c{level}", profiled, spies, total)
+            profile = self.profiler.finish(
+                f"{sc.key}-c{level}", profiled, spies, sum(codes.values())
+            )
         cpu = {
             n: (procs.cpu_seconds(p) or 0.0) - cpu_before[n]
             for n, p in pids.items()
             if n in relevant
         }
-        return Point(
-            concurrency=level,
-            rps=r.rps,
-            p50_ms=r.p50_ms,
-            p95_ms=r.p95_ms,
-            p99_ms=r.p99_ms,
-            requests=r.requests,
-            codes={k: v for k, v in codes.items() if v},
-            ok_fraction=(codes.get("OK", 0) / answered) if answered else 0.0,
-            stored=stored,
-            loadgen_cpu_s=round(r.cpu_seconds, 3),
-            loadgen_wall_s=round(r.wall_seconds, 3),
-            service_cpu_s={n: round(c, 3) for n, c in cpu.items()},
-            cpu_ms_per_call={n: round(1000 * c / total, 2) for n, c in cpu.items() if total},
-            peak_rss_mb={
-                n: round(procs.peak_rss_mb(p) or 0.0, 1) for n, p in pids.items() if n in relevant
-            },
-            profile=profile,
-        )
+        rss = {n: procs.peak_rss_mb(p) or 0.0 for n, p in pids.items() if n in relevant}
+        return _Slice(r, codes, stored, cpu, rss, profile)
 
     def _stored(self, sc: Scenario) -> int | None:
         if not sc.stored_in:
@@ -395,6 +395,62 @@ class Runner:
             growth_pct={n: round(100 * (end[n] - base[n]) / base[n], 1) for n in pids if base[n]},
             samples=samples,
         )
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """One h2load run of a point, with what the services did meanwhile."""
+
+    result: loadgen.Result
+    codes: dict[str, int]  # gRPC outcomes of the run (warm-up included), from the service
+    stored: int | None
+    cpu_s: dict[str, float]
+    peak_rss_mb: dict[str, float]
+    profile: dict[str, Any] | None
+
+
+def _point(level: int, slices: list[_Slice]) -> Point:
+    """A point from its slices: throughput over all their measured time, percentiles of all
+    their calls, outcomes, CPU and rows summed, the highest memory."""
+    results = [s.result for s in slices]
+    codes: dict[str, int] = {}
+    for s in slices:
+        for code, calls in s.codes.items():
+            codes[code] = codes.get(code, 0) + calls
+    total = sum(codes.values())
+    # h2load resets the streams still in flight when its time is up; the service logs those
+    # as CANCELLED. They are each run's edge, not failures: keep them out of the success
+    # fraction (they stay visible in `codes`).
+    cancelled = codes.get("CANCELLED", 0)
+    answered = total - (cancelled if cancelled <= level * len(slices) else 0)
+    latencies = sorted(ms for r in results for ms in r.latencies_ms)
+    stored = [s.stored for s in slices]
+    cpu: dict[str, float] = {}
+    rss: dict[str, float] = {}
+    for s in slices:
+        for name, seconds in s.cpu_s.items():
+            cpu[name] = cpu.get(name, 0.0) + seconds
+        for name, mb in s.peak_rss_mb.items():
+            rss[name] = max(rss.get(name, 0.0), mb)
+    measured = sum(r.measured_seconds for r in results)
+    return Point(
+        concurrency=level,
+        rps=round(sum(r.requests for r in results) / measured, 1) if measured else 0.0,
+        p50_ms=loadgen.percentile(latencies, 50),
+        p95_ms=loadgen.percentile(latencies, 95),
+        p99_ms=loadgen.percentile(latencies, 99),
+        requests=sum(r.requests for r in results),
+        codes={k: v for k, v in codes.items() if v},
+        ok_fraction=(codes.get("OK", 0) / answered) if answered else 0.0,
+        stored=None if None in stored else sum(n or 0 for n in stored),
+        loadgen_cpu_s=round(sum(r.cpu_seconds for r in results), 3),
+        loadgen_wall_s=round(sum(r.wall_seconds for r in results), 3),
+        service_cpu_s={n: round(c, 3) for n, c in cpu.items()},
+        cpu_ms_per_call={n: round(1000 * c / total, 2) for n, c in cpu.items() if total},
+        peak_rss_mb={n: round(mb, 1) for n, mb in rss.items()},
+        profile=slices[-1].profile,
+        slices=len(slices),
+    )
 
 
 def _h2load_version() -> str:

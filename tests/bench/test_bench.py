@@ -126,8 +126,30 @@ def test_levels_and_duration_replace_the_plans_sweep(tmp_path: Path) -> None:
     fig = json.loads(out.read_text())
     assert [p["concurrency"] for p in fig["scenarios"]["null"]["points"]] == [8]
     assert fig["plan"]["duration"] == 1
-    for bad in (["--levels", "0"], ["--levels", "x"], ["--levels", ","], ["--duration", "-1"]):
+    bad_options = (["--levels", "0"], ["--levels", "x"], ["--levels", ","], ["--duration", "-1"])
+    for bad in (*bad_options, ["--slices", "-1"]):
         assert bench_main(["--quick", "--only", "null", *bad]) == 2
+
+
+@needs_h2load
+@pytest.mark.integration
+def test_slices_make_one_point_of_several_runs(tmp_path: Path) -> None:
+    """A point measured in slices is one point: the calls, CPU and rows of every slice added
+    up, throughput over their measured time, percentiles of all their calls."""
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--only", "null,kit", "--levels", "8", "--duration", "2", "--slices", "2"]
+    assert bench_main([*argv, "--json", str(out), "--work-dir", str(tmp_path / "w")]) == 0
+    fig = json.loads(out.read_text())
+    assert fig["plan"]["slices"] == 2
+    for key in ("null", "kit"):
+        (point,) = fig["scenarios"][key]["points"]
+        assert point["slices"] == 2
+        assert point["ok_fraction"] == 1.0 and point["codes"]["OK"] >= point["requests"] > 0
+        assert 0 < point["p50_ms"] <= point["p95_ms"] <= point["p99_ms"]
+        assert point["rps"] > 0 and all(c > 0 for c in point["service_cpu_s"].values())
+    # Two h2load runs per pipeline, in turn: null, kit, null, kit.
+    runs = sorted((tmp_path / "w" / "runs").iterdir(), key=lambda d: int(d.name.rsplit("-", 1)[1]))
+    assert [d.name.split("-")[0] for d in runs] == ["null", "kit", "null", "kit"]
 
 
 @needs_h2load
