@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import jwt
 
 from bizmsg.kit.errors import Unauthenticated
+from bizmsg.kit.validation import is_token
 
 KINDS = ("user", "business", "advertiser", "service", "admin")
 
@@ -31,7 +32,7 @@ class Principal:
         kind, sep, ident = text.partition(":")
         if not sep or kind not in KINDS or kind == "admin" or not ident or len(ident) > 128:
             raise ValueError(f"not a principal: {text!r}")
-        if not ident.isprintable() or any(c.isspace() for c in ident):
+        if not is_token(ident):
             raise ValueError(f"not a principal: {text!r}")
         return cls(kind, ident)
 

@@ -90,6 +90,7 @@ def test_utc_datetime_binds_on_sqlite_the_text_sqlalchemy_would() -> None:
     for value in (
         datetime(2026, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))),
         datetime(2026, 3, 1, 12, 0, 0, 1, tzinfo=UTC),
+        datetime(2026, 3, 1, 12, 0, tzinfo=timezone(timedelta(0))),  # UTC, not datetime.UTC
         datetime(2026, 3, 1, 12, 0),  # naive: taken to be UTC
         datetime(1, 1, 1, tzinfo=UTC),
         datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
