@@ -67,18 +67,18 @@ def _rate_errors(
     pair_count: int,
 ) -> None:
     """Raises when a counter (including this message) passes its limit."""
-    ts = now.timestamp()
-    (_, second), (_, minute) = counters(business_id, person_id, now)
     if second_count > limits.messages_per_second:
+        ts = now.timestamp()
         raise ResourceExhausted(
             "RATE_LIMITED",
             f"business {business_id} may send {limits.messages_per_second} messages per second",
             quota_violations=[
                 (f"business:{business_id}", f"{limits.messages_per_second} messages per second")
             ],
-            retry_after=max(0.001, second + 1 - ts),
+            retry_after=max(0.001, second_window(ts) + 1 - ts),
         )
     if pair_count > settings.pair_per_minute:
+        ts = now.timestamp()
         raise ResourceExhausted(
             "PAIR_RATE_LIMITED",
             f"business {business_id} may send {settings.pair_per_minute} messages per minute "
@@ -89,7 +89,7 @@ def _rate_errors(
                     f"{settings.pair_per_minute} messages per minute",
                 )
             ],
-            retry_after=max(0.001, minute + 60 - ts),
+            retry_after=max(0.001, minute_window(ts) + 60 - ts),
         )
 
 

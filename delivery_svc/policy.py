@@ -10,8 +10,20 @@ from bizmsg.consent.v1 import consent_pb2
 from bizmsg.delivery.v1 import delivery_pb2
 
 Category = common_pb2.Category
-Status = delivery_pb2.MessageStatus
 Tier = delivery_pb2.MessagingTier
+
+
+class Status:
+    """The MessageStatus values as plain class attributes: the generated enum wrapper
+    (delivery_pb2.MessageStatus) looks each one up in Python, and a send reads several."""
+
+    MESSAGE_STATUS_UNSPECIFIED = delivery_pb2.MESSAGE_STATUS_UNSPECIFIED
+    MESSAGE_STATUS_ACCEPTED = delivery_pb2.MESSAGE_STATUS_ACCEPTED
+    MESSAGE_STATUS_DELIVERED = delivery_pb2.MESSAGE_STATUS_DELIVERED
+    MESSAGE_STATUS_READ = delivery_pb2.MESSAGE_STATUS_READ
+    MESSAGE_STATUS_FAILED = delivery_pb2.MESSAGE_STATUS_FAILED
+    MESSAGE_STATUS_EXPIRED = delivery_pb2.MESSAGE_STATUS_EXPIRED
+
 
 MIN_TTL = timedelta(seconds=30)
 # Authentication codes are useless after minutes; everything else may wait up to 30 days.
