@@ -181,18 +181,14 @@ class DeliveryServicer(delivery_pb2_grpc.DeliveryServiceServicer):
             category = common_pb2.CATEGORY_SERVICE
         check_id(v, "sender_device_id", request.sender_device_id, max_len=DEVICE_ID_MAX)
         envelopes = [(e.device_id, e.ciphertext) for e in request.envelopes]
-        if v.check(
-            0 < len(envelopes) <= MAX_DEVICES_PER_MESSAGE,
-            "envelopes",
-            f"needs 1..{MAX_DEVICES_PER_MESSAGE} envelopes",
-        ):
+        # (Messages with numbers in them are made only for a violation: this runs per message.)
+        if not 0 < len(envelopes) <= MAX_DEVICES_PER_MESSAGE:
+            v.add("envelopes", f"needs 1..{MAX_DEVICES_PER_MESSAGE} envelopes")
+        else:
             for i, (device_id, ciphertext) in enumerate(envelopes):
                 check_id(v, f"envelopes[{i}].device_id", device_id, max_len=DEVICE_ID_MAX)
-                v.check(
-                    0 < len(ciphertext) <= MAX_ENVELOPE_BYTES,
-                    f"envelopes[{i}].ciphertext",
-                    f"must be 1..{MAX_ENVELOPE_BYTES} bytes",
-                )
+                if not 0 < len(ciphertext) <= MAX_ENVELOPE_BYTES:
+                    v.add(f"envelopes[{i}].ciphertext", f"must be 1..{MAX_ENVELOPE_BYTES} bytes")
             v.check(
                 len({d for d, _ in envelopes}) == len(envelopes),
                 "envelopes",
@@ -200,12 +196,12 @@ class DeliveryServicer(delivery_pb2_grpc.DeliveryServiceServicer):
             )
         lo, default, hi = ttl_bounds(category)
         ttl = from_duration(request.ttl) if request.HasField("ttl") else default
-        v.check(
-            lo <= ttl <= hi,
-            "ttl",
-            f"must be between {int(lo.total_seconds())} s and {int(hi.total_seconds())} s "
-            "for this category",
-        )
+        if not lo <= ttl <= hi:
+            v.add(
+                "ttl",
+                f"must be between {int(lo.total_seconds())} s and {int(hi.total_seconds())} s "
+                "for this category",
+            )
         if request.HasField("referral"):
             v.check(sender.kind == "user", "referral", "only a person's message carries one")
             check_id(v, "referral.click_id", request.referral.click_id, required=False)

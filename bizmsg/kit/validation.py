@@ -45,8 +45,11 @@ def check_id(
         if required:
             v.add(field, "is required")
         return
-    v.check(len(value) <= max_len, field, f"must be at most {max_len} characters")
-    v.check(is_token(value), field, "must be printable with no whitespace")
+    # Messages are made only for a violation: every call checks a few ids.
+    if len(value) > max_len:
+        v.add(field, f"must be at most {max_len} characters")
+    if not is_token(value):
+        v.add(field, "must be printable with no whitespace")
 
 
 def check_request_id(v: Validator, value: str) -> None:
@@ -60,7 +63,8 @@ def check_text(
         if required:
             v.add(field, "is required")
         return
-    v.check(len(value) <= max_len, field, f"must be at most {max_len} characters")
+    if len(value) > max_len:
+        v.add(field, f"must be at most {max_len} characters")
 
 
 class _EnumType(Protocol):
