@@ -28,7 +28,8 @@ _FIRST_BACKOFF = 0.001
 _MAX_BACKOFF = 0.05
 
 
-def _busy(e: sqlite3.OperationalError) -> bool:
+def busy(e: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused because another connection holds the lock (retry later)."""
     return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(e)
 
 
@@ -40,7 +41,7 @@ async def _retry_busy(run: Callable[[], Any]) -> Any:
     try:
         return run()
     except sqlite3.OperationalError as e:
-        if not _busy(e):
+        if not busy(e):
             raise
     deadline = time.monotonic() + BUSY_TIMEOUT
     backoff = _FIRST_BACKOFF
@@ -49,7 +50,7 @@ async def _retry_busy(run: Callable[[], Any]) -> Any:
         try:
             return run()
         except sqlite3.OperationalError as e:
-            if not _busy(e) or time.monotonic() >= deadline:
+            if not busy(e) or time.monotonic() >= deadline:
                 raise
         backoff = min(backoff * 2, _MAX_BACKOFF)
 
@@ -151,18 +152,30 @@ class Connection:
     # own cursor, without this module's Cursor (its async context and wrapper cost more than
     # a primary-key statement takes in SQLite).
 
-    async def execute_fetchall(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+    def run_now(self, kind: str, sql: str, parameters: Any) -> Any:
+        """The statement run at once: its rows ("rows"), how many rows it changed ("count"), or
+        run once per row of `parameters` ("many"). Raises SQLITE_BUSY (see `busy`) for the
+        caller to retry with `run`: the hot paths call this first, with no coroutine around it."""
         conn = self._conn
-        return await _retry_busy(lambda: _closing(conn.execute(sql, parameters), _fetchall))  # type: ignore[no-any-return]
+        if kind == "rows":
+            return _closing(conn.execute(sql, parameters), _fetchall)
+        if kind == "count":
+            return _closing(conn.execute(sql, parameters), _rowcount)
+        return _closing(conn.executemany(sql, parameters), _rowcount)
+
+    async def run(self, kind: str, sql: str, parameters: Any) -> Any:
+        """run_now, retried (on the loop) while another process holds the lock."""
+        return await _retry_busy(lambda: self.run_now(kind, sql, parameters))
+
+    async def execute_fetchall(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        return await self.run("rows", sql, parameters)  # type: ignore[no-any-return]
 
     async def execute_count(self, sql: str, parameters: Sequence[Any] = ()) -> int:
         """Runs a statement returning no rows; how many rows it changed."""
-        conn = self._conn
-        return await _retry_busy(lambda: _closing(conn.execute(sql, parameters), _rowcount))  # type: ignore[no-any-return]
+        return await self.run("count", sql, parameters)  # type: ignore[no-any-return]
 
     async def execute_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
-        conn = self._conn
-        await _retry_busy(lambda: _closing(conn.executemany(sql, rows), _rowcount))
+        await self.run("many", sql, rows)
 
     async def begin(self, immediate: bool) -> None:
         """Open a transaction; IMMEDIATE takes the write lock now (waiting for it here)."""

@@ -151,3 +151,40 @@ def test_a_statement_cancelled_midway_leaves_no_connection_behind(database_url: 
             await db.dispose()
 
     asyncio.run(go())
+
+
+def test_a_statement_refused_for_another_connections_lock_runs_once_it_is_free(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """On SQLite a prepared statement runs at once; when another connection holds the write
+    lock it waits on the loop (other tasks run meanwhile) and runs when the lock is free."""
+    import sqlite3
+
+    path = tmp_path / "locked.db"
+
+    async def go() -> tuple[int, int, list[str]]:
+        db = Database(f"sqlite+aiosqlite:///{path}")
+        async with db.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        seen: list[str] = []
+
+        async def meanwhile() -> None:
+            await asyncio.sleep(0.05)
+            seen.append("loop ran")
+            other.execute("COMMIT")
+
+        try:
+            async with db.connect() as conn:
+                ticker = asyncio.create_task(meanwhile())
+                changed = await INSERT.execute(conn, {"id": 7, "name": "waited"})
+                await ticker
+                (row,) = await BY_ID.rows(conn, {"id": 7})
+        finally:
+            other.close()
+            await db.dispose()
+        return changed, row.id, seen
+
+    changed, row_id, seen = asyncio.run(go())
+    assert (changed, row_id, seen) == (1, 7, ["loop ran"])

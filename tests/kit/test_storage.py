@@ -438,7 +438,7 @@ def test_write_batched_runs_deferred_inserts_together_and_a_clash_fails_alone(
         # Outside a group commit: at once, so the same transaction reads the row back.
         async with db.write() as s:
             conn = await s.connection()
-            assert prepared_module._DEFERRED not in conn.info
+            assert id(conn) not in prepared_module._deferring
             await insert.execute_later(conn, [{"id": 5000, "value": 0}])
             seen = (await s.execute(select(COUNTER.c.id).where(COUNTER.c.id == 5000))).all()
         async with db.read() as s:
