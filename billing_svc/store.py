@@ -181,25 +181,23 @@ _INSERT_TRANSFER = Prepared(insert(cast(Table, TransferRow.__table__)))
 _INSERT_AUTHORIZATION = Prepared(insert(cast(Table, AuthorizationRow.__table__)))
 
 
-async def insert_transfer(conn: AsyncConnection, *, later: bool = False, **values: Any) -> None:
+async def _insert(stmt: Prepared, conn: AsyncConnection, row: dict[str, Any], later: bool) -> None:
     """`later`: inside a group commit, with the batch's other rows just before the commit
     (Prepared.execute_later); only for a row nothing in the same transaction reads back."""
-    row = {**_TRANSFER_DEFAULTS, **values}
-    await (
-        _INSERT_TRANSFER.execute_later(conn, [row])
-        if later
-        else _INSERT_TRANSFER.execute(conn, row)
-    )
+    if later:
+        await stmt.execute_later(conn, [row])
+    else:
+        await stmt.execute(conn, row)
+
+
+async def insert_transfer(conn: AsyncConnection, *, later: bool = False, **values: Any) -> None:
+    await _insert(_INSERT_TRANSFER, conn, {**_TRANSFER_DEFAULTS, **values}, later)
 
 
 async def insert_authorization(
     conn: AsyncConnection, *, later: bool = False, **values: Any
 ) -> None:
-    """`later`: as insert_transfer's."""
-    if later:
-        await _INSERT_AUTHORIZATION.execute_later(conn, [values])
-    else:
-        await _INSERT_AUTHORIZATION.execute(conn, values)
+    await _insert(_INSERT_AUTHORIZATION, conn, values, later)
 
 
 async def get_authorization(conn: AsyncConnection, authorization_id: str) -> Row[Any] | None:

@@ -106,8 +106,8 @@ def _prepared(build: Callable[[Any], Any]) -> Prepared:
 # What every send runs (see bizmsg.kit.prepared: straight on the driver).
 _P_NEXT_SEQ = _prepared(_next_seq)
 _P_BUMP_COUNTERS = {n: _prepared(functools.partial(_bump_counters, n=n)) for n in (1, 2)}
-# Within a group commit, a sender's sequence and a rate counter are read once and then counted
-# in memory (Tally): in a business's burst every send of a batch adds to the same two rows.
+# Within a group commit a rate counter (and a sender's sequence, _SEQS) is read once and then
+# counted in memory (Tally): in a business's burst every send of a batch adds to the same rows.
 _COUNTS = Tally(
     Prepared(
         update(RateCounter)

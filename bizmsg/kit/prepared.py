@@ -270,20 +270,24 @@ def traced(pool: Any, callback: Callable[[str], None]) -> Iterator[None]:
         _pg_tracers.remove(entry)
 
 
+def _held(conn: AsyncConnection) -> Any:
+    """The pooled DBAPI connection `conn` holds now, or None (read with no coroutine)."""
+    sync = conn.sync_connection
+    return None if sync is None else sync._dbapi_connection
+
+
 async def raw_connection(conn: AsyncConnection) -> Any:
     """The pooled DBAPI connection under `conn`. get_raw_connection() costs a greenlet switch
     (tens of microseconds, more than a primary-key statement on SQLite); a connection already
     checked out holds it, so that is only needed when it has to be fetched again."""
-    sync = conn.sync_connection
-    raw = None if sync is None else sync._dbapi_connection
+    raw = _held(conn)
     return raw if raw is not None else await conn.get_raw_connection()
 
 
 async def _run(
     conn: AsyncConnection, dialect: str, c: _Compiled, args: list[Any], kind: str
 ) -> Any:
-    sync = conn.sync_connection
-    raw = None if sync is None else sync._dbapi_connection
+    raw = _held(conn)  # not raw_connection(): no coroutine per statement when it is held
     if raw is None:
         raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
