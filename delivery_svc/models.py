@@ -153,12 +153,19 @@ class BusinessLimits(Base):
 
 
 class RateCounter(Base):
-    """Fixed-window counters (per business per second, per pair, bundle fetches)."""
+    """Fixed-window counters (per business per second, per pair, bundle fetches).
+
+    The primary key leads with the window, so the one index serves both the sends' lookups
+    and the sweep's range of old windows: with no second index to pick, PostgreSQL's cached
+    generic plan cannot settle on a scan of a whole window (which it did, planned on the empty
+    table of a new deployment), and each bump writes one b-tree. On SQLite the table is
+    WITHOUT ROWID: the rows live in that b-tree itself.
+    """
 
     __tablename__ = "rate_counters"
-    __table_args__ = (Index("ix_rate_counters_window", "window_start"),)
-    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    __table_args__ = {"sqlite_with_rowid": False}
     window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
     count: Mapped[int] = mapped_column(Integer, nullable=False)
 
 

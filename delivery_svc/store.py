@@ -77,7 +77,7 @@ def _bump_counters(insert: Any, n: int) -> Any:
         insert(RateCounter)
         .values(rows)
         .on_conflict_do_update(
-            index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1}
+            index_elements=["window_start", "key"], set_={"count": RateCounter.count + 1}
         )
         .returning(RateCounter.key, RateCounter.count)
     )
@@ -401,7 +401,7 @@ async def bump_counter(session: AsyncSession, key: str, window_start: int) -> No
     stmt = _insert(session, RateCounter).values(key=key, window_start=window_start, count=1)
     await session.execute(
         stmt.on_conflict_do_update(
-            index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1}
+            index_elements=["window_start", "key"], set_={"count": RateCounter.count + 1}
         )
     )
 

@@ -122,6 +122,13 @@ class Stack:
         env = {**BENCH_ENV, **(extra_env or {})}
         self.services = start_stack(self.work_dir, urls, extra_env=env)
 
+    def analyze(self) -> None:
+        """ANALYZE every service database on PostgreSQL (nothing to do on SQLite)."""
+        if self.admin_url is None:
+            return
+        for db in self.databases:
+            asyncio.run(_pg_admin(_plain_url(_async_url(self.admin_url, db)), "ANALYZE"))
+
     def stop(self) -> None:
         try:
             self._stop_services()
