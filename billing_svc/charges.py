@@ -13,7 +13,9 @@ the request_id claim, then the wallet reservation and the revenue account. Captu
 void: the authorization moved out of AUTHORIZED by one UPDATE ... RETURNING (which also
 locks it and reads what the transfer needs), the transfer, the claim, then wallet and
 revenue. The contended rows come last, so their locks are held for two statements and the
-commit.
+commit. In a group commit of several authorizations, everything but the claim waits for
+just before the commit, where each table and each account row gets one statement for the
+whole batch.
 """
 
 from __future__ import annotations
@@ -93,9 +95,10 @@ async def authorize(
 
     `claim` is called with the result once the rows are queued and before the wallet and
     revenue rows are locked (the idempotency key), so those locks are held for two
-    statements and the commit only. The transfer and authorization rows go in with the other
-    works' of a group commit, one statement per table just before the commit (nothing in
-    the transaction reads them back): two statements per batch instead of two per call.
+    statements and the commit only. In a group commit of several works, the transfer and
+    authorization rows go in with the other works' (nothing in the transaction reads them
+    back) and the wallet's and revenue account's amounts are summed (postings.reserve_later):
+    one statement per table and per account row for the batch, just before the commit.
     """
     q = await pricing.quote(
         conn,
@@ -168,13 +171,17 @@ async def authorize(
     await claim(auth)
     if wallet_id is not None and pending_id is not None:
         await _reserve(conn, cards, wallet_id, q)
-        await postings.post(conn, ledger.Op.PENDING, Side.CREDIT, revenue_id, q.amount)
+        if not postings.credit_pending_later(conn, revenue_id, q.amount):
+            await postings.post(conn, ledger.Op.PENDING, Side.CREDIT, revenue_id, q.amount)
     return auth
 
 
 async def _reserve(conn: AsyncConnection, cards: RateCards, wallet_id: str, q: Quote) -> None:
     """The debit side of the pending transfer, in the statement that also proves the price's
-    rate card still the newest; a stale cache rolls the call back to run again."""
+    rate card still the newest; a stale cache rolls the call back to run again. In a group
+    commit, with the batch's other reservations of the wallet just before the commit."""
+    if postings.reserve_later(conn, wallet_id, q.amount, q.currency, q.cards_latest):
+        return
     if await postings.try_reserve(conn, wallet_id, q.amount, q.currency, q.cards_latest):
         return
     if await cardcache.latest_version(conn, q.currency) != q.cards_latest:

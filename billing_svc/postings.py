@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing_svc import ledger, store
 from billing_svc.models import AccountRow, RateCardRow
-from bizmsg.kit.prepared import Prepared
+from bizmsg.kit.prepared import Prepared, Total
 
 _T = cast(Table, AccountRow.__table__)
 _CARDS = cast(Table, RateCardRow.__table__)
@@ -113,6 +113,15 @@ _LOCK = Prepared(
 )
 
 
+# A group commit's authorizations add to the same rows (a business's wallet, the platform's
+# revenue account): inside one, each row gets one UPDATE with their sum (Total), so its lock
+# is held from just before the commit, not from the batch's first authorization. The guards
+# are upper bounds on the row's sums and the card check does not depend on the amount, so the
+# sum passes exactly when the reservations pass one after the other.
+_RESERVE_TOTAL = Total(_RESERVE, "amount")
+_CREDIT_PENDING_TOTAL = Total(_GUARDED[ledger.Op.PENDING, Side.CREDIT], "amount")
+
+
 async def try_post(
     conn: AsyncConnection, op: ledger.Op, side: Side, account_id: str, amount: int
 ) -> bool:
@@ -121,18 +130,39 @@ async def try_post(
     return await _GUARDED[op, side].execute(conn, params) == 1
 
 
-async def try_reserve(
-    conn: AsyncConnection, account_id: str, amount: int, currency: str, card_version: int
-) -> bool:
-    """Reserve `amount` on a wallet if it can pay and `card_version` is still the newest rate
-    card of `currency`; False (nothing changed) otherwise."""
-    params = {
+def _reserve_params(
+    account_id: str, amount: int, currency: str, card_version: int
+) -> dict[str, Any]:
+    return {
         "account_id": account_id,
         "amount": amount,
         "card_currency": currency,
         "card_version": card_version,
     }
+
+
+async def try_reserve(
+    conn: AsyncConnection, account_id: str, amount: int, currency: str, card_version: int
+) -> bool:
+    """Reserve `amount` on a wallet if it can pay and `card_version` is still the newest rate
+    card of `currency`; False (nothing changed) otherwise."""
+    params = _reserve_params(account_id, amount, currency, card_version)
     return await _RESERVE.execute(conn, params) == 1
+
+
+def reserve_later(
+    conn: AsyncConnection, account_id: str, amount: int, currency: str, card_version: int
+) -> bool:
+    """try_reserve's reservation added to this group commit's sum for the wallet, checked and
+    applied just before the commit (a refusal runs the batch again work by work); False
+    outside a group commit that defers (reserve now)."""
+    return _RESERVE_TOTAL.add(conn, _reserve_params(account_id, amount, currency, card_version))
+
+
+def credit_pending_later(conn: AsyncConnection, account_id: str, amount: int) -> bool:
+    """The credit side of a pending transfer added to this group commit's sum for the
+    account, as reserve_later; False outside one (post it now)."""
+    return _CREDIT_PENDING_TOTAL.add(conn, {"account_id": account_id, "amount": amount})
 
 
 async def post_locked(

@@ -172,6 +172,8 @@ class _Deferred:
     rows: dict[Prepared, list[Mapping[str, Any]]] = field(default_factory=dict)
     # The counts they add to (Tally), by (tally, key): [count, adds since it was read].
     tallies: dict[tuple[Tally, tuple[Any, ...]], list[int]] = field(default_factory=dict)
+    # The amounts they add (Total), by (total, the statement's other parameters): their sum.
+    totals: dict[tuple[Total, tuple[tuple[str, Any], ...]], int] = field(default_factory=dict)
 
 
 # Group commits under way, by id() of their connection (held by the `deferring` block): a
@@ -215,6 +217,15 @@ async def flush_deferred(conn: AsyncConnection) -> None:
             by_tally.setdefault(tally, []).append(row)
     for tally, put_rows in by_tally.items():
         await tally.put.execute_many(conn, put_rows)
+    totals, batch.totals = batch.totals, {}
+    # By statement in the order first used, then by key: every batch takes the rows' locks in
+    # the same order, so two batches never wait on each other in a cycle.
+    order: dict[Total, int] = {}
+    for total, _ in totals:
+        order.setdefault(total, len(order))
+    for (total, key), amount in sorted(totals.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+        if await total.stmt.execute(conn, {**dict(key), total.amount_name: amount}) != 1:
+            raise TotalRefused(total.stmt, dict(key), amount)
 
 
 class Tally:
@@ -250,6 +261,44 @@ class Tally:
         batch = _deferring.get(id(conn))
         if batch is not None:
             batch.tallies[self, key] = [count, 0]
+
+
+class TotalRefused(RuntimeError):
+    """A Total's statement changed no row for a group commit's sum (its guard refused the
+    total): the batch is rolled back and runs again work by work, each applying its own
+    amount, so the work that does not fit gets its own error."""
+
+    def __init__(self, stmt: Prepared, key: Mapping[str, Any], amount: int) -> None:
+        super().__init__(f"guarded update refused the batch's total {amount} for {dict(key)}")
+        self.stmt = stmt
+
+
+class Total:
+    """An amount that many works of one group commit add to the same row: a wallet's
+    reservations, the revenue account's pending credits. `stmt` is one guarded relative UPDATE
+    (`col = col + :amount WHERE key AND guard`) that changes exactly one row when the amount
+    fits. Inside a group commit that defers (see `deferring`), `add` sums the amounts of the
+    same other parameters in memory and `flush_deferred` runs the statement once per key with
+    the sum, just before the commit; if the guard refuses the sum, the batch goes round again
+    without deferring (TotalRefused), where each work runs the statement with its own amount.
+    The guard judges the row as the commit leaves it, so only for guards that a sum passes
+    whenever each of its parts passes in turn (upper bounds on what the amounts add up to)
+    and for rows nothing else in the transaction reads for a decision."""
+
+    def __init__(self, stmt: Prepared, amount_name: str) -> None:
+        self.stmt = stmt
+        self.amount_name = amount_name
+
+    def add(self, conn: AsyncConnection, params: Mapping[str, Any]) -> bool:
+        """Whether `params`' amount was added to this group commit's sum (False outside one:
+        run the statement now)."""
+        batch = _deferring.get(id(conn))
+        if batch is None:
+            return False
+        amount = params[self.amount_name]
+        key = (self, tuple((k, v) for k, v in params.items() if k != self.amount_name))
+        batch.totals[key] = batch.totals.get(key, 0) + amount
+        return True
 
 
 # PostgreSQL: callbacks given every statement sent here (tests and the bench count statements;

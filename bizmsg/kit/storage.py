@@ -214,8 +214,11 @@ class Database:
         (they hold no state across runs). Under load this saves a commit (a WAL flush) per
         call and holds hot rows (a sender's sequence, a wallet) once per batch, not per call.
 
-        On both, the rows works insert with Prepared.execute_later go in together just before
-        the commit, one execute_many per statement; a failure there counts as a work's.
+        On both, when a batch has several works, what they defer goes in together just before
+        the commit (bizmsg.kit.prepared): the rows they insert with Prepared.execute_later (one
+        execute_many per statement), the counts they add to (Tally) and the amounts they add to
+        a guarded row (Total, one UPDATE per row with the sum); a failure there counts as a
+        work's, so the batch runs again work by work, deferring nothing.
 
         `work` gets the connection, not an ORM session: the hot paths that use this run Core
         and prepared statements only, and a session's begin, flush bookkeeping, commit and
@@ -480,9 +483,10 @@ async def _sqlite_transaction(
     await driver.begin(True)
     try:
         outcomes: list[tuple[bool, Any]] = []
-        # Without savepoints the works' deferred inserts run together before the commit; a
+        # Without savepoints the works' deferred writes run together before the commit; a
         # failure there, too, sends the batch round again with savepoints and nothing deferred.
-        with nullcontext() if savepoints else deferring(conn):
+        # A work alone defers nothing: there is nothing to share, and its failure is its own.
+        with nullcontext() if savepoints or len(batch) == 1 else deferring(conn):
             try:
                 for work, _ in batch:
                     if savepoints:
@@ -528,7 +532,9 @@ async def _run_together(conn: AsyncConnection, batch: list[Work]) -> list[tuple[
     """PostgreSQL: the batch in one transaction; if that fails, each work in its own."""
 
     async def all_of_them() -> list[Any]:
-        with deferring(conn):  # the works' deferred inserts run together, before the commit
+        if len(batch) == 1:  # a work alone defers nothing: its failure is its own
+            return [await batch[0][0](conn)]
+        with deferring(conn):  # the works' deferred writes run together, before the commit
             values = [await work(conn) for work, _ in batch]
             await flush_deferred(conn)
         return values

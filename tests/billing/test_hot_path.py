@@ -339,6 +339,41 @@ def test_concurrent_charges_of_many_businesses_keep_the_zero_sum(
         assert_ledger_consistent(accounts)
 
 
+def test_concurrent_authorizations_past_the_funds_reserve_exactly_what_fits(
+    database_url: str, clock: ManualClock
+) -> None:
+    """24 authorizations at once against a wallet that pays for 10. Group commits sum a
+    batch's reservations of the wallet and revenue account into one UPDATE each
+    (postings.reserve_later); a sum the wallet cannot pay sends the batch round again call by
+    call. Exactly 10 succeed, the rest get INSUFFICIENT_FUNDS with nothing reserved, and the
+    revenue account's pending credit matches the wallet's pending debit."""
+    price, fits, calls = 1_000, 10, 24
+    with quiet_billing(database_url, clock) as billing:
+        wallet = billing.wallet("crowd")
+        billing.top_up(wallet.account_id, fits * price)
+        billing.rate_card({(MARKETING, "DE"): price})
+        start = threading.Barrier(calls)
+
+        def one(_: int) -> str:
+            start.wait()
+            try:
+                billing.authorize("crowd")
+            except grpc.RpcError as e:
+                return cast(grpc.Call, e).code().name
+            return "OK"
+
+        with ThreadPoolExecutor(max_workers=calls) as pool:
+            outcomes = list(pool.map(one, range(calls)))
+        assert sorted(outcomes) == sorted(["OK"] * fits + ["RESOURCE_EXHAUSTED"] * (calls - fits))
+        acct = billing.account(wallet.account_id)
+        assert acct.debits_pending.amount_micros == fits * price
+        assert acct.available.amount_micros == 0
+        accounts = billing.all_accounts(["business:crowd"])
+        revenue = [a for a in accounts if a.kind == pb.ACCOUNT_KIND_PLATFORM_REVENUE]
+        assert sum(a.credits_pending.amount_micros for a in revenue) == fits * price
+        assert_ledger_consistent(accounts)
+
+
 def test_revenue_shards_are_stable_and_all_used() -> None:
     """Every payer maps to one shard, the same in every process (so every replica credits the
     same account), and the shards all get used."""

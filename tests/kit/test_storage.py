@@ -564,6 +564,77 @@ def test_tally_reads_a_count_once_per_batch_and_writes_its_total(database_url: s
     assert upserts == [9, 9]
 
 
+def test_total_applies_a_batch_sum_once_and_a_refused_sum_fails_only_what_does_not_fit(
+    database_url: str,
+) -> None:
+    """Works of one group commit that add amounts to the same guarded row (Total) run its
+    UPDATE once per row with the sum. When the guard refuses a sum, the batch runs again work
+    by work, each with its own amount: exactly the works that do not fit fail, with their own
+    error. Outside a group commit nothing is deferred."""
+    from bizmsg.kit.errors import FailedPrecondition
+    from bizmsg.kit.prepared import Total
+
+    cap = 100
+    add = Prepared(
+        COUNTER.update()
+        .where(
+            (COUNTER.c.id == bindparam("key_id")) & (COUNTER.c.value + bindparam("amount") <= cap)
+        )
+        .values(value=COUNTER.c.value + bindparam("amount"))
+    )
+    total = Total(add, "amount")
+    runs: list[int] = []
+    real = Prepared.execute
+
+    async def counting(self, conn, params):  # type: ignore[no-untyped-def]
+        if self is add:
+            runs.append(params["amount"])
+        return await real(self, conn, params)
+
+    async def work(i: int, conn: AsyncConnection) -> int:
+        params = {"key_id": 1 + i % 2, "amount": 7}
+        if not total.add(conn, params) and await add.execute(conn, params) != 1:
+            raise FailedPrecondition("FULL", f"{i} does not fit")
+        return i
+
+    async def go() -> tuple[list[int], list[object], list[int], dict[int, int], bool]:
+        db = Database(database_url)
+        await _setup(db)
+        async with db.write() as s:
+            await s.execute(COUNTER.insert().values(id=2, value=0))
+        Prepared.execute = counting  # type: ignore[method-assign]
+        try:
+            first = await asyncio.gather(
+                *(db.write_batched(lambda c, i=i: work(i, c)) for i in range(20))
+            )
+            first_runs = list(runs)
+            mixed = await asyncio.gather(
+                *(db.write_batched(lambda c, i=i: work(i, c)) for i in range(20, 40)),
+                return_exceptions=True,
+            )
+        finally:
+            Prepared.execute = real  # type: ignore[method-assign]
+        async with db.write() as s:
+            conn = await s.connection()
+            outside = total.add(conn, {"key_id": 1, "amount": 1})
+        async with db.read() as s:
+            rows = (await s.execute(select(COUNTER.c.id, COUNTER.c.value))).all()
+        await db.dispose()
+        return list(first), list(mixed), first_runs, dict(rows), outside  # type: ignore[arg-type]
+
+    first, mixed, first_runs, values, outside = run(go())
+    assert first == list(range(20))
+    assert sum(first_runs) == 20 * 7 and len(first_runs) < 20  # sums: fewer UPDATEs than adds
+    assert max(first_runs) > 7
+    refused = [m for m in mixed if isinstance(m, FailedPrecondition)]
+    assert all(m.reason == "FULL" for m in refused)
+    # 70 + 4 * 7 = 98 fits under 100 on each row; the other 6 works of each row do not.
+    assert len(refused) == 12
+    assert len([m for m in mixed if isinstance(m, int)]) == 8
+    assert values == {1: 98, 2: 98}
+    assert outside is False
+
+
 @contextmanager
 def _commits(db: Database) -> Iterator[list[int]]:
     """Counts the COMMITs run in the block: on SQLite at the driver (group commit commits
