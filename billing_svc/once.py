@@ -1,7 +1,9 @@
 """request_id replay (AIP-155) for billing, on the kit's idempotency table and fingerprint,
 with one statement less per call than the kit's lookup-then-insert: the key is claimed with
 INSERT ... ON CONFLICT DO NOTHING in the transaction of the effect, and only when that finds
-the key taken (a replay), or when the work fails, is the stored answer looked up.
+the key taken (a replay), or when the work fails, is the stored answer looked up. In a group
+commit of several calls the keys go in together before the commit (Tx.save), and a replay
+among them sends the batch round again call by call.
 
 - New request_id: the work and the key commit together, or neither does.
 - Replay: the claim finds the key (on PostgreSQL it first waits for a concurrent holder to
@@ -29,7 +31,7 @@ from bizmsg.kit.auth import current_principal
 from bizmsg.kit.clock import Clock
 from bizmsg.kit.errors import AlreadyExists, DomainError, Unavailable
 from bizmsg.kit.idempotency import fingerprint
-from bizmsg.kit.prepared import Prepared
+from bizmsg.kit.prepared import Prepared, defers
 from bizmsg.kit.storage import Database
 
 Resp = TypeVar("Resp", bound=Message)
@@ -74,7 +76,12 @@ class Tx:
 
     async def save(self, response: Message) -> None:
         params = {**self._key, "response": response.SerializeToString(deterministic=True)}
-        if await self._once.claim.execute(self.conn, params) != 1:
+        if defers(self.conn):
+            # In a group commit of several calls, the keys go in with the batch's other rows
+            # just before the commit, as a plain INSERT: a replay fails there (IntegrityError),
+            # the batch runs again call by call, and the claim below finds the key.
+            await self._once.insert.execute_later(self.conn, [params])
+        elif await self._once.claim.execute(self.conn, params) != 1:
             raise _Replay
         self.saved = True
 
@@ -89,6 +96,7 @@ class Once:
             sqlite.insert(t).on_conflict_do_nothing(),
             postgresql=postgresql.insert(t).on_conflict_do_nothing(),
         )
+        self.insert = Prepared(t.insert())
         self._lookup = Prepared(
             select(t.c.fingerprint, t.c.response).where(
                 and_(

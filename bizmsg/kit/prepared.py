@@ -194,6 +194,11 @@ def deferring(conn: AsyncConnection) -> Iterator[None]:
         _deferring.pop(id(conn), None)
 
 
+def defers(conn: AsyncConnection) -> bool:
+    """Whether `conn` is in a group commit that defers (see `deferring`)."""
+    return id(conn) in _deferring
+
+
 async def flush_deferred(conn: AsyncConnection) -> None:
     """Runs the rows deferred so far: each statement once for all its rows, in the order the
     statements were first deferred; rows of one statement with different keys go apart. Then

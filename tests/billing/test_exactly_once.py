@@ -3,6 +3,8 @@ service voiding authorizations nobody resolved."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import grpc
@@ -39,6 +41,30 @@ def test_authorize_replay_returns_the_first_answer_and_reserves_once(billing: Bi
     with fails(grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED"):
         billing.authorize("replay", request_id="msg-1", category=UTILITY)
     assert billing.account(wallet).debits_pending.amount_micros == 100_000
+
+
+def test_twins_sent_at_once_reserve_once(billing: Billing) -> None:
+    """Calls sent together share a group commit, whose request_id keys go in together just
+    before the commit: twins among them (the same request_id 4 times, 3 ids in all) fail that
+    insert, the batch runs again call by call, and every twin gets the first answer. Each id
+    reserves once, alongside 6 other calls of the same moment."""
+    wallet = _funded(billing, "twins")
+    ids = [f"twin-{i % 3}" for i in range(12)] + [f"single-{i}" for i in range(6)]
+    barrier = threading.Barrier(len(ids))
+
+    def one(request_id: str) -> pb.AuthorizeChargeResponse:
+        barrier.wait()
+        return billing.authorize("twins", request_id=request_id)
+
+    with ThreadPoolExecutor(max_workers=len(ids)) as pool:
+        answers = list(pool.map(one, ids))
+    by_id: dict[str, set[str]] = {}
+    for request_id, answer in zip(ids, answers, strict=True):
+        by_id.setdefault(request_id, set()).add(answer.authorization_id)
+    assert all(len(auths) == 1 for auths in by_id.values()), by_id
+    assert len({a for auths in by_id.values() for a in auths}) == 9
+    assert billing.account(wallet).debits_pending.amount_micros == 9 * 100_000
+    assert_ledger_consistent(billing.all_accounts(["business:twins"]))
 
 
 def test_top_up_and_ad_charge_replays(billing: Billing) -> None:
