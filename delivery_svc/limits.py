@@ -126,10 +126,11 @@ async def count(
     the store transaction with the sender's row locked, so concurrent sends count exactly."""
     limits = configured(state)
     keys = counters(business_id, person_id, now)
-    counts = await store.bump_counters(conn, keys)
+    counts = await store.bump_counters(conn, keys, settings.pair_per_minute)
     (second_key, _), (pair_key, _) = keys
+    # A pair count not returned is checked before the commit (store.bump_counters).
     _rate_errors(
-        settings, limits, business_id, person_id, now, counts[second_key], counts[pair_key]
+        settings, limits, business_id, person_id, now, counts[second_key], counts.get(pair_key, 0)
     )
     if window_kind != common_pb2.WINDOW_KIND_NONE:
         return

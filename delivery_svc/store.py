@@ -15,12 +15,25 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import BindParameter, Row, Table, bindparam, delete, func, literal, select, update
+from sqlalchemy import (
+    BindParameter,
+    Integer,
+    Row,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
-from bizmsg.kit.prepared import Prepared, Tally
+from bizmsg.kit.prepared import Prepared, Tally, defers
 from bizmsg.kit.storage import UTCDateTime
 from delivery_svc.models import (
     BusinessLimits,
@@ -83,6 +96,26 @@ def _bump_counters(insert: Any, n: int) -> Any:
     )
 
 
+def _bump_pair_later(insert: Any) -> Any:
+    """A pair counter's +1 for a group commit's flush (execute_later), refused there past
+    `limit`: the refused count is NULL, which the NOT NULL column rejects (IntegrityError), so
+    the batch runs again work by work, where each send bumps at once and learns its count."""
+    limit = bindparam("limit", type_=Integer)
+
+    def fits(count: Any) -> Any:
+        return case((count <= limit, count), else_=null())
+
+    return (
+        insert(RateCounter)
+        .values(
+            window_start=bindparam("window_start"), key=bindparam("key"), count=fits(literal(1))
+        )
+        .on_conflict_do_update(
+            index_elements=["window_start", "key"], set_={"count": fits(RateCounter.count + 1)}
+        )
+    )
+
+
 def _start_conversation(insert: Any) -> Any:
     now = bindparam("now", type_=UTCDateTime())
     return (
@@ -106,6 +139,7 @@ def _prepared(build: Callable[[Any], Any]) -> Prepared:
 # What every send runs (see bizmsg.kit.prepared: straight on the driver).
 _P_NEXT_SEQ = _prepared(_next_seq)
 _P_BUMP_COUNTERS = {n: _prepared(functools.partial(_bump_counters, n=n)) for n in (1, 2)}
+_P_BUMP_PAIR_LATER = _prepared(_bump_pair_later)
 # Within a group commit a rate counter (and a sender's sequence, _SEQS) is read once and then
 # counted in memory (Tally): in a business's burst every send of a batch adds to the same rows.
 _COUNTS = Tally(
@@ -407,12 +441,22 @@ async def bump_counter(session: AsyncSession, key: str, window_start: int) -> No
 
 
 async def bump_counters(
-    conn: AsyncConnection, counters: tuple[tuple[str, int], tuple[str, int]]
+    conn: AsyncConnection,
+    counters: tuple[tuple[str, int], tuple[str, int]],
+    pair_limit: int,
 ) -> dict[str, int]:
-    """Adds one to a send's two (key, window) counters (in one statement, for those not held
-    in this group commit); the new counts."""
+    """Adds one to a send's two (key, window) counters, the business's per second and the
+    pair's per minute (in one statement, for those not held in this group commit); the new
+    counts. In a group commit of several sends, the pair's count (a row per person, so rarely
+    shared within a batch) is not returned: its +1 goes in with the batch's rows before the
+    commit, checked there against `pair_limit`."""
     counts: dict[str, int] = {}
     missing: list[tuple[str, int]] = []
+    if defers(conn):
+        (pair_key, minute) = counters[1]
+        pair = {"window_start": minute, "key": pair_key, "limit": pair_limit}
+        await _P_BUMP_PAIR_LATER.execute_later(conn, [pair])
+        counters = counters[:1]  # type: ignore[assignment]
     for counter in counters:
         count = _COUNTS.add(conn, counter)
         if count is None:

@@ -116,6 +116,38 @@ def test_pair_limit_per_person_per_minute(procs: ProcStack, st: Stack) -> None:
     assert st.money(shop) == (12 * PRICE_MARKETING, 0)
 
 
+def test_pair_limit_holds_for_a_burst_sent_at_once(procs: ProcStack, st: Stack) -> None:
+    """16 sends to one person and 16 to others, all at once in one minute: group commits
+    check a batch's pair counts just before the commit, and a batch that passes the limit
+    runs again send by send, so exactly 10 reach the person and every other send goes."""
+    shop = uid("pairburst")
+    st.fund(shop, 100_000_000)
+    one, *others = _people(st, shop, 17)
+    to_one = [st.raw_send_request(f"user:{one}", MARKETING) for _ in range(16)]
+    to_others = [st.raw_send_request(f"user:{p}", MARKETING) for p in others]
+    md = metadata_for(f"business:{shop}")
+    procs.align(60.0)
+    with procs.frozen():
+        futures = [
+            (r in to_one, st.delivery.SendMessage.future(r, metadata=md, timeout=60))
+            for r in [x for pair in zip(to_one, to_others, strict=True) for x in pair]
+        ]
+        outcomes: list[tuple[bool, str]] = []
+        for is_one, f in futures:
+            try:
+                f.result()
+                outcomes.append((is_one, "OK"))
+            except grpc.RpcError as e:
+                assert e.code() == EXHAUSTED, e
+                outcomes.append((is_one, details(e)["ErrorInfo"].reason))
+    assert sorted(o for is_one, o in outcomes if is_one) == ["OK"] * 10 + ["PAIR_RATE_LIMITED"] * 6
+    assert [o for is_one, o in outcomes if not is_one] == ["OK"] * 16
+    biz = f"business:{shop}"
+    assert procs.count("messages", "sender = :s AND recipient = :r", s=biz, r=f"user:{one}") == 10
+    assert procs.count("messages", "sender = :s", s=biz) == 26
+    assert st.money(shop) == (26 * PRICE_MARKETING, 0)
+
+
 def test_defaults_are_80_per_second_and_the_250_tier(st: Stack) -> None:
     shop = uid("fresh")
     limits = st.delivery.GetMessagingLimits(
