@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bizmsg.common.v1 import common_pb2 as c
 from bizmsg.consent.v1 import consent_pb2 as pb
+from bizmsg.kit.prepared import traced
+from consent_svc.models import Relation
+from consent_svc.store import RelationReader
 from tests.consent.conftest import Consent, rid
 
 DELIVERY = "service:delivery"
@@ -119,6 +122,36 @@ def test_check_consent_is_one_statement(
     # No relation at all: the same single read.
     got = counter.measure(lambda: consent.check("bob", "acme", c.CATEGORY_MARKETING))
     assert got == _pinned(backend, Counts(0, 1), Counts(0, 1)), counter.statements
+
+
+def test_checks_that_arrive_together_share_one_read_on_postgresql(
+    consent: Consent, backend: str
+) -> None:
+    """Checks that arrive in the same turn of the loop read their rows in one statement on
+    PostgreSQL (bizmsg.kit.keyed_reads), each getting exactly the row its own read gets; on
+    SQLite each reads alone (a read there runs inline)."""
+    consent.grant("alice", "acme", c.CATEGORY_MARKETING)
+    consent.grant("bob", "acme")
+    consent.grant("alice", "other", c.CATEGORY_UTILITY)
+    db = consent.thread.runtime.db
+
+    async def go() -> tuple[list[Any], list[Any], list[str]]:
+        async with db.read() as s:
+            found = (await s.execute(select(Relation.person_hash, Relation.business_id))).all()
+        keys = [(str(ph), str(biz)) for ph, biz in found] + [("nobody", "acme")]
+        async with db.connect() as conn:
+            alone = [await RelationReader._STATE.first(conn, {"ph": p, "biz": b}) for p, b in keys]
+        reader = RelationReader(db)
+        seen: list[str] = []
+        with traced(None, seen.append):
+            together = await asyncio.gather(*(reader.state(p, b) for p, b in keys * 3))
+        return [None if r is None else tuple(r) for r in alone] * 3, list(together), seen
+
+    alone, together, seen = consent.thread.run(go())
+    assert len(alone) == 12 and alone.count(None) == 3
+    assert together == alone
+    if backend == "postgresql":
+        assert len([s for s in seen if "FROM unnest" in s]) == 1, seen
 
 
 def test_record_user_message_and_business_reply(
