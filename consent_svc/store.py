@@ -23,6 +23,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -135,7 +136,7 @@ _A = cast(Table, PersonAnswer.__table__)
 _PK = (_R.c.person_hash == bindparam("ph")) & (_R.c.business_id == bindparam("biz"))
 
 # What CheckConsent's rule reads, in this order (see decision.RelationState).
-_STATE = select(
+_STATE_COLUMNS = (
     _R.c.consent_id,
     _R.c.consent_version,
     _R.c.granted,
@@ -145,12 +146,17 @@ _STATE = select(
     _R.c.service_expire_time,
     _R.c.entry_expire_time,
     _R.c.free_entry_expire_time,
-).where(_PK)
+)
+_STATE = select(*_STATE_COLUMNS).where(_PK)
 _STATE_FOR_UPDATE = _STATE.with_for_update()
 
 
 # PostgreSQL: the same columns for several (person_hash, business_id) keys in one statement,
-# the keys given as two arrays (one prepared statement whatever their number).
+# the keys given as two arrays (one prepared statement whatever their number). Each key's row
+# is looked up by its own LATERAL subquery with LIMIT 1, which PostgreSQL cannot merge into a
+# join: the plan stays a primary-key probe per key whatever the table's statistics, where a
+# plain join planned on a new deployment's empty table is a hash join over a scan of the whole
+# table, and its generic plan is kept as the table grows.
 _KEYS = (
     func.unnest(
         bindparam("phs", type_=postgresql.ARRAY(String)),
@@ -159,11 +165,13 @@ _KEYS = (
     .table_valued("ph", "biz")
     .render_derived(name="k")
 )
-_STATES = (
-    select(_R.c.person_hash, _R.c.business_id, *_STATE.selected_columns)
-    .select_from(_KEYS)
-    .join(_R, (_R.c.person_hash == _KEYS.c.ph) & (_R.c.business_id == _KEYS.c.biz))
+_ONE = (
+    select(*_STATE_COLUMNS)
+    .where((_R.c.person_hash == _KEYS.c.ph) & (_R.c.business_id == _KEYS.c.biz))
+    .limit(1)
+    .lateral("r")
 )
+_STATES = select(_KEYS.c.ph, _KEYS.c.biz, *_ONE.c).select_from(_KEYS).join(_ONE, true())
 
 
 class RelationReader:

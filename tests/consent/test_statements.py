@@ -154,6 +154,34 @@ def test_checks_that_arrive_together_share_one_read_on_postgresql(
         assert len([s for s in seen if "FROM unnest" in s]) == 1, seen
 
 
+def test_batched_read_plan_is_a_key_probe_whatever_the_statistics(
+    consent: Consent, backend: str
+) -> None:
+    """The generic plan PostgreSQL keeps for the batched read, made on a table with no
+    statistics (a new deployment), probes the primary key per key: no scan of relations (a
+    plain join of the keys to the table is planned as a hash join over a scan of it)."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite reads each key alone")
+    sql = RelationReader._STATES._prepare("postgresql", {"phs": [], "bizs": []})[0].sql
+    db = consent.thread.runtime.db
+
+    async def plan() -> str:
+        async with db.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("SET plan_cache_mode = force_generic_plan")
+            await driver.execute(f"PREPARE batched(varchar[], varchar[], integer) AS {sql}")
+            try:
+                rows = await driver.fetch("EXPLAIN EXECUTE batched('{a}', '{b}', 1)")
+            finally:
+                await driver.execute("DEALLOCATE batched")
+                await driver.execute("RESET plan_cache_mode")
+            return "\n".join(r[0] for r in rows)
+
+    text = consent.thread.run(plan())
+    assert "Index Scan using relations_pkey" in text, text
+    assert "Seq Scan" not in text, text
+
+
 def test_record_user_message_and_business_reply(
     consent: Consent, counter: StatementCounter, backend: str
 ) -> None:
