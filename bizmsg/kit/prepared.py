@@ -230,7 +230,7 @@ async def flush_deferred(conn: AsyncConnection) -> None:
         order.setdefault(total, len(order))
     for (total, key), amount in sorted(totals.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
         if await total.stmt.execute(conn, {**dict(key), total.amount_name: amount}) != 1:
-            raise TotalRefused(total.stmt, dict(key), amount)
+            raise TotalRefused(dict(key), amount)
 
 
 class Tally:
@@ -273,9 +273,8 @@ class TotalRefused(RuntimeError):
     total): the batch is rolled back and runs again work by work, each applying its own
     amount, so the work that does not fit gets its own error."""
 
-    def __init__(self, stmt: Prepared, key: Mapping[str, Any], amount: int) -> None:
+    def __init__(self, key: Mapping[str, Any], amount: int) -> None:
         super().__init__(f"guarded update refused the batch's total {amount} for {dict(key)}")
-        self.stmt = stmt
 
 
 class Total:
