@@ -1,15 +1,19 @@
 """Migration 0003 re-keys rate_counters by (window_start, key) and drops the window index, on
-a database that already holds counts: the counts survive both ways, on both backends."""
+a database that already holds counts: the counts survive both ways, on both backends. And why:
+the send's read probes both counters by their whole key in the generic plan PostgreSQL keeps,
+even when that plan was made on a new deployment's empty tables."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, inspect, text
 
 from bizmsg.kit.storage import Database
+from delivery_svc import store
 
 COUNTS = {("b1:s", 100): 3, ("b1:p2", 60): 7, ("b2:s", 101): 1}
 
@@ -63,3 +67,48 @@ def test_rate_counters_keep_their_counts_through_0003_and_back(database_url: str
             await db.dispose()
 
     asyncio.run(go())
+
+
+def test_send_read_probes_rate_counters_by_whole_key_in_a_generic_plan(
+    database_url: str, backend: str
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite plans each statement when it is prepared")
+    compiled, _ = store._P_DEVICES_AND_LIMITS._prepare(
+        "postgresql", dict.fromkeys(_READ_PARAMS, "x")
+    )
+    sql = compiled.sql  # every parameter carries its type cast, so PREPARE needs no list
+    values = ", ".join(_READ_PARAMS[n] for n in compiled.names)
+
+    async def plan() -> str:
+        db = Database(database_url)
+        try:
+            await db.migrate("delivery_svc:migrations")
+            async with db.engine.connect() as conn:
+                driver = (await conn.get_raw_connection()).driver_connection
+                await driver.execute("SET plan_cache_mode = force_generic_plan")
+                await driver.execute(f"PREPARE send_read AS {sql}")
+                rows = await driver.fetch(f"EXPLAIN EXECUTE send_read({values})")
+                await driver.execute("DEALLOCATE send_read")
+                return "\n".join(r[0] for r in rows)
+        finally:
+            await db.dispose()
+
+    text = asyncio.run(plan())
+    counters = [line for line in text.splitlines() if "on rate_counters" in line]
+    assert len(counters) == 2 and all("rate_counters_pkey" in c for c in counters), text
+    assert "Filter: ((key)" not in text, text
+
+
+_READ_PARAMS = {
+    "owner": "'user:p'",
+    "business_id": "'b'",
+    "person_id": "'p'",
+    "second_key": "'mps:b'",
+    "second": "100",
+    "pair_key": "'pair:b:p'",
+    "minute": "60",
+    "answered_principal": "'business:b'",
+    "answered_method": "'m'",
+    "answered_request_id": "'r'",
+}
