@@ -2,10 +2,12 @@
 
 Read once, in the read transaction before consent and billing are asked (`precheck`, so an
 over-limit send costs nothing), with the recipient's devices (store.recipient_and_limits,
-one statement). Counted exactly in
-the store transaction, with the sender's row locked (`count`): the counters are bumped with
-RETURNING and a count past its limit refuses the send, rolling the bump back with it. The
-configured limits are those read at arrival; only the counters must be exact.
+one statement). Counted exactly in the store transaction, with the sender's row locked
+(`count`): the counters are bumped with RETURNING and a count past its limit refuses the send,
+rolling the bump back with it (in a group commit of several sends, the pair's counter is
+bumped with the batch's rows just before the commit and refused there; the batch then runs
+again send by send). The configured limits are those read at arrival; only the counters must
+be exact.
 """
 
 from __future__ import annotations
