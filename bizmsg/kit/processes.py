@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,11 +21,39 @@ from bizmsg.kit.config import DEV_TOKEN_SECRET, PORTS
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+# Ports handed out by this process, so two services of one stack never get the same one.
+_handed_out: set[int] = set()
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(_EPHEMERAL.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A port nothing listens on, for a service about to start, taken below the kernel's
+    ephemeral range: a port bound to 0 comes from that range, which the kernel also gives to
+    outgoing connections (h2load's, PostgreSQL clients'), and under load one took it between
+    this check and the service's bind (seen in a bench: "Failed to bind")."""
+    top = _ephemeral_start()
+    for _ in range(200):
+        port = random.randrange(max(1024, top - 12000), top)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # something listens there
+        _handed_out.add(port)
         return port
+    with socket.socket() as s:  # that whole range taken: let the kernel choose
+        s.bind(("127.0.0.1", 0))
+        chosen: int = s.getsockname()[1]
+        return chosen
 
 
 def wait_serving(target: str, service_name: str = "", timeout: float = 30.0) -> None:

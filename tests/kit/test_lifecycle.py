@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bizmsg.kit.processes import _ephemeral_start
 from bizmsg.kit.testing import TEST_SECRET, free_port, metadata_for, wait_serving
 
 from .echo_service import SERVICE
@@ -107,3 +109,13 @@ def test_a_serving_process_tunes_the_collector_once_its_modules_are_imported() -
     assert threshold == expected
     assert frozen > 1000  # the imported modules' objects
     assert collected
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> None:
+    """A service's port comes from below the range the kernel gives outgoing connections, so
+    a busy machine's connections cannot take it before the service binds it."""
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(1024 <= p < _ephemeral_start() for p in ports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[-1]))
