@@ -16,11 +16,9 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger,
     BindParameter,
     Integer,
     Row,
-    String,
     Table,
     bindparam,
     case,
@@ -29,16 +27,14 @@ from sqlalchemy import (
     literal,
     null,
     select,
-    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import aliased
 
-from bizmsg.kit.keyed_reads import KeyedReads
 from bizmsg.kit.prepared import Prepared, Tally, defers
-from bizmsg.kit.storage import Database, UTCDateTime
+from bizmsg.kit.storage import UTCDateTime
 from delivery_svc.models import (
     BusinessLimits,
     ConversationStart,
@@ -379,7 +375,7 @@ _P_DEVICES_AND_LIMITS = Prepared(_DEVICES_AND_LIMITS)
 
 @dataclass(frozen=True)
 class Recipient:
-    """What a business's send reads before it calls anyone (RecipientReader)."""
+    """What a business's send reads before it calls anyone (recipient_and_limits)."""
 
     devices: set[str]
     country: str
@@ -389,116 +385,21 @@ class Recipient:
     answered: tuple[str | None, bytes | None] | None
 
 
-# The read's parameters, one array of each in the statement that reads for several sends.
-_READ_KEY = (
-    "owner",
-    "business_id",
-    "person_id",
-    "second_key",
-    "second",
-    "pair_key",
-    "minute",
-    "answered_principal",
-    "answered_method",
-    "answered_request_id",
-)
-ReadKey = tuple[Any, ...]  # the values of _READ_KEY, in order
-
-
-def _read_arrays() -> Any:
-    arrays = (
-        bindparam(
-            f"{name}s",
-            type_=postgresql.ARRAY(BigInteger if name in ("second", "minute") else String),
-        )
-        for name in _READ_KEY
-    )
-    return (
-        func.unnest(*arrays).table_valued(*_READ_KEY, with_ordinality="i").render_derived(name="k")
-    )
-
-
-# PostgreSQL: _DEVICES_AND_LIMITS for several sends in one statement, the sends' parameters as
-# arrays (one prepared statement whatever their number), each row tagged with its send's
-# position (i). Every lookup is a LATERAL subquery with LIMIT or OFFSET, which PostgreSQL
-# cannot merge into a join: the plan stays a primary-key probe per send whatever the tables'
-# statistics (see consent's store for the hash join over a whole table a plain join became).
-_K = _read_arrays()
-_KD = select(*_DEVICE_COLUMNS).where(Device.owner == _K.c.owner).offset(0).lateral("d")
-_KA = (
-    select(
-        _IDEM.c.fingerprint.label("answered_fingerprint"),
-        _IDEM.c.response.label("answered_response"),
-    )
-    .where(
-        (_IDEM.c.principal == _K.c.answered_principal)
-        & (_IDEM.c.method == _K.c.answered_method)
-        & (_IDEM.c.request_id == _K.c.answered_request_id)
-    )
-    .limit(1)
-    .lateral("a")
-)
-_KL = (
-    select(BusinessLimits.messages_per_second, BusinessLimits.tier)
-    .where(BusinessLimits.business_id == _K.c.business_id)
-    .limit(1)
-    .lateral("l")
-)
-
-
-def _counter_of(window: Any, key: Any, label: str) -> Any:
-    where = (RateCounter.window_start == window) & (RateCounter.key == key)
-    return select(RateCounter.count.label(label)).where(where).limit(1).lateral(label)
-
-
-_KS = _counter_of(_K.c.second, _K.c.second_key, "second_count")
-_KP = _counter_of(_K.c.minute, _K.c.pair_key, "pair_count")
-_KC = (
-    select(ConversationStart.start_time.label("conversation_start"))
-    .where(
-        (ConversationStart.business_id == _K.c.business_id)
-        & (ConversationStart.person_id == _K.c.person_id)
-    )
-    .limit(1)
-    .lateral("c")
-)
-_DEVICES_AND_LIMITS_OF_MANY = (
-    select(_K.c.i, *_KD.c, *_KA.c, *_KL.c, *_KS.c, *_KP.c, *_KC.c)
-    .select_from(_K)
-    .join(_KD, true())
-    .outerjoin(_KA, true())
-    .outerjoin(_KL, true())
-    .outerjoin(_KS, true())
-    .outerjoin(_KP, true())
-    .outerjoin(_KC, true())
-)
-_P_DEVICES_AND_LIMITS_OF_MANY = Prepared(_DEVICES_AND_LIMITS_OF_MANY)
-
-
-class RecipientReader:
-    """A business's send's one read before it calls anyone: the recipient's device ids and
-    country (as recipient_devices), the limit state of a send from the business to the person
-    and the send's stored answer, in one statement. On PostgreSQL the sends that arrive in one
-    turn of the loop read together, in one statement (bizmsg.kit.keyed_reads); on SQLite,
-    where a read runs inline, each reads alone."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-        self._together: KeyedReads[ReadKey, list[Any]] | None = None
-        if db.dialect == "postgresql":
-            self._together = KeyedReads(self._many)
-
-    async def recipient_and_limits(
-        self,
-        owner: str,
-        business_id: str,
-        person_id: str,
-        counters: tuple[tuple[str, int], tuple[str, int]],
-        answered_key: Mapping[str, str],
-    ) -> Recipient:
-        """`answered_key` is the send's idempotency key (Idempotency.key)."""
-        (second_key, second), (pair_key, minute) = counters
-        params: dict[str, Any] = {
+async def recipient_and_limits(
+    conn: AsyncConnection,
+    owner: str,
+    business_id: str,
+    person_id: str,
+    counters: tuple[tuple[str, int], tuple[str, int]],
+    answered_key: Mapping[str, str],
+) -> Recipient:
+    """The recipient's device ids and country (as recipient_devices), the limit state of a
+    send from the business to the person and the send's stored answer, in one statement.
+    `answered_key` is the send's idempotency key (Idempotency.key)."""
+    (second_key, second), (pair_key, minute) = counters
+    rows = await _P_DEVICES_AND_LIMITS.rows(
+        conn,
+        {
             "owner": owner,
             "business_id": business_id,
             "person_id": person_id,
@@ -507,28 +408,8 @@ class RecipientReader:
             "pair_key": pair_key,
             "minute": minute,
             **{f"answered_{k}": v for k, v in answered_key.items()},
-        }
-        if self._together is not None:
-            rows = await self._together.get(tuple(params[name] for name in _READ_KEY)) or []
-        else:
-            async with self._db.connect() as conn:
-                rows = list(await _P_DEVICES_AND_LIMITS.rows(conn, params))
-        return _recipient(rows)
-
-    async def _many(self, keys: list[ReadKey]) -> dict[ReadKey, list[Any]]:
-        async with self._db.connect() as conn:
-            if len(keys) == 1:  # alone: the one-send statement is the cheaper
-                one = dict(zip(_READ_KEY, keys[0], strict=True))
-                return {keys[0]: list(await _P_DEVICES_AND_LIMITS.rows(conn, one))}
-            params = {f"{name}s": [key[j] for key in keys] for j, name in enumerate(_READ_KEY)}
-            rows = await _P_DEVICES_AND_LIMITS_OF_MANY.rows(conn, params)
-        found: dict[ReadKey, list[Any]] = {}
-        for r in rows:
-            found.setdefault(keys[r.i - 1], []).append(r)
-        return found
-
-
-def _recipient(rows: Sequence[Any]) -> Recipient:
+        },
+    )
     devices, country = _located(rows)
     if not rows:
         return Recipient(devices, country, None, None)

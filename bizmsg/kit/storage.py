@@ -309,12 +309,6 @@ class Database:
             else:
                 opened = time.monotonic()
                 conn = await self._single_reads.connect()
-                # Single reads probe by key, so the plan never depends on the values: one
-                # generic plan per statement. Left to choose, PostgreSQL planned a batched read
-                # (bizmsg.kit.keyed_reads) anew on every execution while its arrays were short,
-                # which cost more than the batching saved (254 against 140 us for 2 keys).
-                driver: Any = (await conn.get_raw_connection()).driver_connection
-                await driver.execute(GENERIC_PLANS)
             kept = began = False
             try:
                 yield conn
@@ -330,11 +324,11 @@ class Database:
             finally:
                 if kept and opened > max(self._readers_disposed, time.monotonic() - RECYCLE):
                     self._idle_readers.append((opened, conn))
-                elif not conn.closed:
-                    # Closed, not given back to the pool: it carries the readers' plan setting,
-                    # which the pool's other users (writers, sessions) must not inherit; and one
-                    # lent across a dispose() belongs to a closed pool that would keep it open.
+                elif opened < self._readers_disposed and not conn.closed:
+                    # Lent across a dispose(): its pool was closed, and would keep it open.
                     await self._close(conn.invalidate())
+                else:
+                    await self._close(conn.close())  # back to the pool, which recycles it
         finally:
             self._reader_slots.release()
         if began:
@@ -417,9 +411,6 @@ class Database:
                 await held.close()
         self._write_conn = self._read_conn = None
         await self.engine.dispose()
-
-
-GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan"
 
 
 class _SharedReader:

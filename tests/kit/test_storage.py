@@ -969,34 +969,3 @@ def test_a_work_that_suspends_keeps_its_context_and_can_be_cancelled_with_the_ba
         assert cleaned == ["caller"]
 
     run(go())
-
-
-def test_single_reads_use_generic_plans_which_never_reach_the_pool(database_url: str) -> None:
-    """A lent reader runs with plan_cache_mode = force_generic_plan (its statements probe by
-    key: one plan each, not one per execution). A reader connection that is not kept (its
-    block raised) is closed, not given back to the pool, so writers never inherit the
-    setting."""
-    _skip_sqlite(database_url)
-    show = Prepared(select(func.current_setting("plan_cache_mode")))
-
-    async def go() -> tuple[str, list[str]]:
-        db = Database(database_url, pool_size=2)
-        await _setup(db)
-        async with db.connect() as conn:
-            (reader,) = await show.first(conn, {})
-        with pytest.raises(ZeroDivisionError):
-            async with db.connect() as conn:
-                await show.first(conn, {})
-                raise ZeroDivisionError
-        writers = []
-        for _ in range(3):
-            async with db.write() as s:
-                writers.append(
-                    (await s.execute(select(func.current_setting("plan_cache_mode")))).scalar_one()
-                )
-        await db.dispose()
-        return str(reader), writers
-
-    reader, writers = run(go())
-    assert reader == "force_generic_plan"
-    assert writers == ["auto"] * 3
