@@ -128,14 +128,15 @@ def test_checks_that_arrive_together_share_one_read_on_postgresql(
     consent: Consent, backend: str
 ) -> None:
     """Checks that arrive in the same turn of the loop read their rows in one statement on
-    PostgreSQL (bizmsg.kit.keyed_reads), each getting exactly the row its own read gets; on
-    SQLite each reads alone (a read there runs inline)."""
+    PostgreSQL (bizmsg.kit.keyed_reads), each getting exactly the row its own read gets; a
+    check alone uses the one-key statement. On SQLite each reads alone (a read there runs
+    inline)."""
     consent.grant("alice", "acme", c.CATEGORY_MARKETING)
     consent.grant("bob", "acme")
     consent.grant("alice", "other", c.CATEGORY_UTILITY)
     db = consent.thread.runtime.db
 
-    async def go() -> tuple[list[Any], list[Any], list[str]]:
+    async def go() -> tuple[list[Any], list[Any], list[str], list[str], Any]:
         async with db.read() as s:
             found = (await s.execute(select(Relation.person_hash, Relation.business_id))).all()
         keys = [(str(ph), str(biz)) for ph, biz in found] + [("nobody", "acme")]
@@ -145,13 +146,19 @@ def test_checks_that_arrive_together_share_one_read_on_postgresql(
         seen: list[str] = []
         with traced(None, seen.append):
             together = await asyncio.gather(*(reader.state(p, b) for p, b in keys * 3))
-        return [None if r is None else tuple(r) for r in alone] * 3, list(together), seen
+        single: list[str] = []
+        with traced(None, single.append):
+            one = await reader.state(*keys[0])
+        alone_rows = [None if r is None else tuple(r) for r in alone]
+        return alone_rows * 3, list(together), seen, single, one
 
-    alone, together, seen = consent.thread.run(go())
+    alone, together, seen, single, one = consent.thread.run(go())
     assert len(alone) == 12 and alone.count(None) == 3
     assert together == alone
+    assert one == alone[0]
     if backend == "postgresql":
         assert len([s for s in seen if "FROM unnest" in s]) == 1, seen
+        assert len(single) == 1 and "unnest" not in single[0], single
 
 
 def test_batched_read_plan_is_a_key_probe_whatever_the_statistics(
