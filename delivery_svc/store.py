@@ -452,12 +452,13 @@ async def bump_counters(
     commit, checked there against `pair_limit`."""
     counts: dict[str, int] = {}
     missing: list[tuple[str, int]] = []
+    now: tuple[tuple[str, int], ...] = counters
     if defers(conn):
         (pair_key, minute) = counters[1]
         pair = {"window_start": minute, "key": pair_key, "limit": pair_limit}
         await _P_BUMP_PAIR_LATER.execute_later(conn, [pair])
-        counters = counters[:1]  # type: ignore[assignment]
-    for counter in counters:
+        now = counters[:1]
+    for counter in now:
         count = _COUNTS.add(conn, counter)
         if count is None:
             missing.append(counter)

@@ -127,7 +127,7 @@ class Stack:
         if self.admin_url is None:
             return
         for db in self.databases:
-            asyncio.run(_pg_admin(_plain_url(_async_url(self.admin_url, db)), "ANALYZE"))
+            asyncio.run(_pg_admin(_async_url(self.admin_url, db), "ANALYZE"))
 
     def stop(self) -> None:
         try:

@@ -202,7 +202,8 @@ def defers(conn: AsyncConnection) -> bool:
 async def flush_deferred(conn: AsyncConnection) -> None:
     """Runs the rows deferred so far: each statement once for all its rows, in the order the
     statements were first deferred; rows of one statement with different keys go apart. Then
-    writes each tally's count that was added to in memory (Tally)."""
+    writes each tally's count that was added to in memory (Tally), then each total's sum
+    (Total), raising TotalRefused when a guard refuses one."""
     batch = _deferring.get(id(conn))
     if batch is None:
         return
