@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from bizmsg.bench.procs import BenchProcess
 from bizmsg.kit.processes import ServiceProcess, start_stack
 
@@ -160,12 +162,14 @@ class Stack:
 
 def _plain_url(url: str) -> str:
     """asyncpg wants postgresql://...; accept the SQLAlchemy spelling too."""
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _async_url(admin_url: str, db: str) -> str:
-    base = _plain_url(admin_url).rsplit("/", 1)[0]
-    return base.replace("postgresql://", "postgresql+asyncpg://", 1) + "/" + db
+    """The server's URL naming database `db`, for SQLAlchemy's asyncpg dialect (a query such as
+    `?host=/var/run/postgresql`, a Unix socket, is kept)."""
+    url = make_url(admin_url).set(drivername="postgresql+asyncpg", database=db)
+    return url.render_as_string(hide_password=False)
 
 
 async def _pg_admin(url: str, sql: str) -> None:
