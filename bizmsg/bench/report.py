@@ -84,6 +84,9 @@ def figures(out: Outcome, quick: bool) -> dict[str, Any]:
         "kit_ratio": round(kit_rps / null_rps, 3) if null_rps and kit_rps else None,
         "kit_ratio_by_concurrency": kit_by_level,
         "kit_cpu_ms_by_concurrency": kit_cpu,
+        "busiest_at_peak": {
+            k: b for k in ("null", "kit", "send") if (b := _busiest(out.scenarios.get(k)))
+        },
         "scenarios": scen,
         "rss_mb": rss,
         "rss_limit_mb": RSS_LIMIT_MB,
@@ -152,6 +155,23 @@ def _cpu_ratio(send: Point, null: Point) -> dict[str, float] | None:
     }
 
 
+def _busiest(res: ScenarioResult | None) -> dict[str, Any] | None:
+    """At a pipeline's peak, the process that used the most CPU and the CPUs all its processes
+    used. Each process runs one event loop: one near a whole CPU is the pipeline's limit
+    however many CPUs are idle; otherwise the machine's CPUs are."""
+    peak = res.peak() if res else None
+    if peak is None or not peak.loadgen_wall_s or not peak.service_cpu_s:
+        return None
+    used = {n: c / peak.loadgen_wall_s for n, c in peak.service_cpu_s.items()}
+    name = max(used, key=lambda n: used[n])
+    return {
+        "concurrency": peak.concurrency,
+        "process": name,
+        "cpus": round(used[name], 2),
+        "all_processes_cpus": round(sum(used.values()), 2),
+    }
+
+
 def _cpus() -> int:
     import os
 
@@ -208,6 +228,16 @@ def table(out: Outcome, fig: dict[str, Any]) -> str:
                 f"c={c}: {ms:.1f} ms" for c, ms in fig["kit_cpu_ms_by_concurrency"].items()
             )
         lines.append(kit)
+    if fig["busiest_at_peak"]:
+        lines.append(
+            "busiest process at each peak (one event loop each: near 1.00 CPU it is the limit), "
+            "and the CPUs of all the pipeline's processes: "
+            + ", ".join(
+                f"{k} c={b['concurrency']}: {b['process']} {b['cpus']:.2f}, "
+                f"all {b['all_processes_cpus']:.2f} of {fig['machine']['cpus']}"
+                for k, b in fig["busiest_at_peak"].items()
+            )
+        )
     rss = ", ".join(f"{n} {mb:.0f}" for n, mb in fig["rss_mb"].items())
     lines.append(f"peak RSS MB (limit {RSS_LIMIT_MB:.0f}): {rss}")
     gen = fig["loadgen"]

@@ -203,6 +203,15 @@ def test_every_scenario_on_the_real_services(tmp_path: Path) -> None:
     # The kit pipeline: the same hops through the framework, with empty handlers.
     assert fig["kit_rps"] > 0 and fig["kit_ratio"] > 0
     assert fig["kit_cpu_ms_by_concurrency"]["4"] > 0
+    # Each pipeline's busiest process at its peak, one of its own, with a share of the CPUs
+    # no larger than all its processes' together.
+    own = {"null": "null-", "kit": "kit-", "send": ""}
+    assert set(fig["busiest_at_peak"]) == set(own)
+    for key, b in fig["busiest_at_peak"].items():
+        points = fig["scenarios"][key]["points"]
+        assert b["process"] in points[0]["service_cpu_s"] and b["process"].startswith(own[key])
+        assert 0 < b["cpus"] <= b["all_processes_cpus"]
+    assert fig["busiest_at_peak"]["send"]["process"] in {"consent", "billing", "delivery"}
     assert set(fig["scenarios"]["kit"]["points"][0]["peak_rss_mb"]) == {
         "kit-front",
         "kit-consent",
@@ -212,4 +221,4 @@ def test_every_scenario_on_the_real_services(tmp_path: Path) -> None:
     assert fig["errors_logged"] == []
     text = report.table(outcome, fig)
     assert "null pipeline peak" in text and "kit pipeline" in text
-    assert "CPU per call in all services" in text
+    assert "CPU per call in all services" in text and "busiest process at each peak" in text
