@@ -42,7 +42,7 @@ from ads_svc.models import CampaignRow, CampaignTargetRow
 from bizmsg.ads.v1 import ads_pb2, ads_pb2_grpc
 from bizmsg.billing.v1 import billing_pb2, billing_pb2_grpc
 from bizmsg.common.v1 import common_pb2
-from bizmsg.kit.storage import Database
+from bizmsg.kit.storage import Database, postgres_url
 from bizmsg.kit.testing import ServiceThread, metadata_for
 
 COUNTRIES = [
@@ -188,10 +188,7 @@ def run_one(size: int, seconds: float, concurrency: int, postgres: str | None) -
                 dbname = f"bizmsg_bench_{name}_{uuid.uuid4().hex[:8]}"
                 asyncio.run(_pg_admin(postgres, f'CREATE DATABASE "{dbname}"'))
                 created.append(dbname)
-                urls[name] = (
-                    postgres.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-                    + f"/{dbname}"
-                )
+                urls[name] = postgres_url(postgres, database=dbname)
             else:
                 urls[name] = f"sqlite+aiosqlite:///{Path(tmp) / (name + '.db')}"
         try:

@@ -30,7 +30,7 @@ from typing import Any
 
 import asyncpg
 import grpc
-from sqlalchemy import LargeBinary, bindparam, text
+from sqlalchemy import LargeBinary, bindparam, make_url, text
 
 from bizmsg.billing.v1 import billing_pb2 as pb
 from bizmsg.billing.v1 import billing_pb2_grpc
@@ -38,7 +38,7 @@ from bizmsg.common.v1 import common_pb2
 from bizmsg.kit.auth import TokenAuthority
 from bizmsg.kit.config import DEV_TOKEN_SECRET
 from bizmsg.kit.processes import ServiceProcess
-from bizmsg.kit.storage import Database, UTCDateTime
+from bizmsg.kit.storage import Database, UTCDateTime, postgres_url
 
 PRICE = 1_000
 SEED_WALLETS = 1_000
@@ -311,8 +311,7 @@ def measure(args: argparse.Namespace) -> list[tuple[Result, int]]:
             else:
                 name = f"billing_bench_{label}_{uuid.uuid4().hex[:8]}"
                 asyncio.run(_pg(args.pg_admin_url, f'CREATE DATABASE "{name}"'))
-                base = args.pg_admin_url.rsplit("/", 1)[0]
-                urls[label] = f"{base.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+                urls[label] = postgres_url(args.pg_admin_url, database=name)
         try:
             return [
                 _run(label, urls[label], work, args, pairs, label == "large")
@@ -321,9 +320,9 @@ def measure(args: argparse.Namespace) -> list[tuple[Result, int]]:
         finally:
             if args.backend == "postgresql":
                 for url in urls.values():
-                    name = url.rsplit("/", 1)[1]
+                    db = make_url(url).database
                     asyncio.run(
-                        _pg(args.pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                        _pg(args.pg_admin_url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
                     )
 
 

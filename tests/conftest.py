@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 from bizmsg.kit.clock import ManualClock
+from bizmsg.kit.storage import postgres_url
 
 PG_ADMIN_URL = os.environ.get(
     "BIZMSG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -55,8 +56,7 @@ def _require_postgres() -> None:
 
 
 def _async_url(dbname: str) -> str:
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    return f"{base}/{dbname}"
+    return postgres_url(PG_ADMIN_URL, database=dbname)
 
 
 DatabaseUrlFactory = Callable[[str], str]

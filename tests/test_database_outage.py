@@ -8,6 +8,7 @@ import asyncio
 import asyncpg
 import grpc
 import pytest
+from sqlalchemy import make_url
 
 from bizmsg.consent.v1 import consent_pb2, consent_pb2_grpc
 from bizmsg.kit.testing import ServiceThread, metadata_for
@@ -37,7 +38,7 @@ def test_lost_connections_are_unavailable_then_recover(backend: str, database_ur
         stub = consent_pb2_grpc.ConsentServiceStub(grpc.insecure_channel(svc.target))
         for _ in range(3):  # fill the pool with live connections
             stub.GetAdPreferences(req, metadata=md, timeout=10)
-        assert asyncio.run(_kill_backends(database_url.rsplit("/", 1)[1])) > 0
+        assert asyncio.run(_kill_backends(make_url(database_url).database)) > 0
         codes = []
         for _ in range(6):
             try:

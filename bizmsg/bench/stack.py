@@ -11,10 +11,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from bizmsg.bench.procs import BenchProcess
 from bizmsg.kit.processes import ServiceProcess, start_stack
+from bizmsg.kit.storage import postgres_url
 
 SERVICES = ("consent", "billing", "delivery", "ads")
 NULL_NAMES = ("null-front", "null-consent", "null-billing")
@@ -162,14 +161,11 @@ class Stack:
 
 def _plain_url(url: str) -> str:
     """asyncpg wants postgresql://...; accept the SQLAlchemy spelling too."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return postgres_url(url, driver="postgresql")
 
 
 def _async_url(admin_url: str, db: str) -> str:
-    """The server's URL naming database `db`, for SQLAlchemy's asyncpg dialect (a query such as
-    `?host=/var/run/postgresql`, a Unix socket, is kept)."""
-    url = make_url(admin_url).set(drivername="postgresql+asyncpg", database=db)
-    return url.render_as_string(hide_password=False)
+    return postgres_url(admin_url, database=db)
 
 
 async def _pg_admin(url: str, sql: str) -> None:

@@ -96,6 +96,18 @@ class UTCDateTime(TypeDecorator[datetime]):
         return process
 
 
+def postgres_url(
+    url: str, *, database: str | None = None, driver: str = "postgresql+asyncpg"
+) -> str:
+    """A PostgreSQL server's URL (asyncpg's `postgresql://` or SQLAlchemy's spelling) for
+    `driver`, naming `database` instead of its own when given. Parsed, not cut at the last '/':
+    a query such as `?host=/var/run/postgresql` (a Unix socket) or `?ssl=require` is kept."""
+    parsed = make_url(url).set(drivername=driver)
+    if database is not None:
+        parsed = parsed.set(database=database)
+    return parsed.render_as_string(hide_password=False)
+
+
 def _sqlite_setup(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
