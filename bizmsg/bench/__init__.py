@@ -86,6 +86,14 @@ _NOT_SCALE = (
 
 def main(argv: list[str]) -> int:
     ns = _parser().parse_args(argv)
+    if ns.database_url:
+        from bizmsg.kit.storage import postgres_url
+
+        try:
+            postgres_url(ns.database_url)
+        except ValueError as e:
+            print(f"bizmsg bench: --database-url: {e}", file=sys.stderr)
+            return 2
     if ns.scale:
         given = [f"--{k.replace('_', '-')}" for k in _NOT_SCALE if getattr(ns, k)]
         if given:

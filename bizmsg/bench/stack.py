@@ -118,7 +118,7 @@ class Stack:
                 db = f"bizmsg_bench_{name}_{uuid.uuid4().hex[:8]}"
                 asyncio.run(_pg_admin(database_url, f'CREATE DATABASE "{db}"'))
                 self.databases.append(db)
-                urls[name] = _async_url(database_url, db)
+                urls[name] = postgres_url(database_url, database=db)
         self.urls = urls
         env = {**BENCH_ENV, **(extra_env or {})}
         self.services = start_stack(self.work_dir, urls, extra_env=env)
@@ -128,7 +128,7 @@ class Stack:
         if self.admin_url is None:
             return
         for db in self.databases:
-            asyncio.run(_pg_admin(_async_url(self.admin_url, db), "ANALYZE"))
+            asyncio.run(_pg_admin(postgres_url(self.admin_url, database=db), "ANALYZE"))
 
     def stop(self) -> None:
         try:
@@ -159,19 +159,10 @@ class Stack:
                 sp.kill()
 
 
-def _plain_url(url: str) -> str:
-    """asyncpg wants postgresql://...; accept the SQLAlchemy spelling too."""
-    return postgres_url(url, driver="postgresql")
-
-
-def _async_url(admin_url: str, db: str) -> str:
-    return postgres_url(admin_url, database=db)
-
-
 async def _pg_admin(url: str, sql: str) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(_plain_url(url), timeout=10)
+    conn = await asyncpg.connect(postgres_url(url, driver="postgresql"), timeout=10)
     try:
         await conn.execute(sql)
     finally:

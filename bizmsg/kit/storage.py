@@ -27,6 +27,7 @@ from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import Connection, MetaData, event, make_url, pool
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -101,8 +102,15 @@ def postgres_url(
 ) -> str:
     """A PostgreSQL server's URL (asyncpg's `postgresql://` or SQLAlchemy's spelling) for
     `driver`, naming `database` instead of its own when given. Parsed, not cut at the last '/':
-    a query such as `?host=/var/run/postgresql` (a Unix socket) or `?ssl=require` is kept."""
-    parsed = make_url(url).set(drivername=driver)
+    a query such as `?host=/var/run/postgresql` (a Unix socket) or `?ssl=require` is kept.
+    ValueError when `url` is not a PostgreSQL URL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise ValueError(f"not a database URL: {url!r}") from e
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"not a PostgreSQL URL: {url!r}")
+    parsed = parsed.set(drivername=driver)
     if database is not None:
         parsed = parsed.set(database=database)
     return parsed.render_as_string(hide_password=False)

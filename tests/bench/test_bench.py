@@ -18,7 +18,6 @@ from bizmsg.bench import loadgen, report, shim
 from bizmsg.bench import main as bench_main
 from bizmsg.bench.runner import Plan, Runner
 from bizmsg.bench.scenarios import PERSON, SCENARIOS, request_id, stamp
-from bizmsg.bench.stack import _async_url, _plain_url
 from bizmsg.delivery.v1 import delivery_pb2
 
 needs_h2load = pytest.mark.skipif(
@@ -32,30 +31,13 @@ status codes: 3264 2xx, 0 3xx, 0 4xx, 0 5xx
 """
 
 
-@pytest.mark.parametrize(
-    ("server", "plain", "service_db"),
-    [
-        (
-            "postgresql://postgres@127.0.0.1:5432/postgres",
-            "postgresql://postgres@127.0.0.1:5432/postgres",
-            "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_db",
-        ),
-        (
-            "postgresql+asyncpg://bench:s3cret@db.internal/postgres",
-            "postgresql://bench:s3cret@db.internal/postgres",
-            "postgresql+asyncpg://bench:s3cret@db.internal/bench_db",
-        ),
-        # A Unix socket is a query parameter, after the database's name: it must stay.
-        (
-            "postgresql://postgres@/postgres?host=/var/run/postgresql",
-            "postgresql://postgres@/postgres?host=%2Fvar%2Frun%2Fpostgresql",
-            "postgresql+asyncpg://postgres@/bench_db?host=%2Fvar%2Frun%2Fpostgresql",
-        ),
-    ],
-)
-def test_database_urls_name_the_service_database(server: str, plain: str, service_db: str) -> None:
-    assert _plain_url(server) == plain
-    assert _async_url(server, "bench_db") == service_db
+@pytest.mark.parametrize("url", ["sqlite+aiosqlite:///x.db", "not a url"])
+def test_a_database_url_that_is_not_postgresql_is_refused(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (["--quick", "--database-url", url], ["--scale", "--database-url", url]):
+        assert bench_main(argv) == 2
+        assert "--database-url" in capsys.readouterr().err
 
 
 def test_grpc_frame_prefixes_the_length() -> None:

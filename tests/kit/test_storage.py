@@ -19,7 +19,7 @@ from bizmsg.kit.clock import ManualClock
 from bizmsg.kit.errors import AlreadyExists, InvalidArgument
 from bizmsg.kit.idempotency import Idempotency, idempotency_table
 from bizmsg.kit.prepared import Prepared
-from bizmsg.kit.storage import Database, UTCDateTime
+from bizmsg.kit.storage import Database, UTCDateTime, postgres_url
 
 metadata = MetaData()
 IDEM = idempotency_table(metadata)
@@ -969,3 +969,37 @@ def test_a_work_that_suspends_keeps_its_context_and_can_be_cancelled_with_the_ba
         assert cleaned == ["caller"]
 
     run(go())
+
+
+@pytest.mark.parametrize(
+    ("server", "plain", "named"),
+    [
+        (
+            "postgresql://postgres@127.0.0.1:5432/postgres",
+            "postgresql://postgres@127.0.0.1:5432/postgres",
+            "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_db",
+        ),
+        (
+            "postgresql+asyncpg://bench:s3cret@db.internal/postgres?ssl=require",
+            "postgresql://bench:s3cret@db.internal/postgres?ssl=require",
+            "postgresql+asyncpg://bench:s3cret@db.internal/bench_db?ssl=require",
+        ),
+        # A Unix socket is a query parameter, after the database's name: it must stay.
+        (
+            "postgresql://postgres@/postgres?host=/var/run/postgresql",
+            "postgresql://postgres@/postgres?host=%2Fvar%2Frun%2Fpostgresql",
+            "postgresql+asyncpg://postgres@/bench_db?host=%2Fvar%2Frun%2Fpostgresql",
+        ),
+    ],
+)
+def test_postgres_url_names_another_database_and_keeps_the_query(
+    server: str, plain: str, named: str
+) -> None:
+    assert postgres_url(server, driver="postgresql") == plain
+    assert postgres_url(server, database="bench_db") == named
+
+
+@pytest.mark.parametrize("url", ["sqlite+aiosqlite:///x.db", "mysql://root@localhost/x", "nope"])
+def test_postgres_url_refuses_other_urls(url: str) -> None:
+    with pytest.raises(ValueError, match="not a"):
+        postgres_url(url)
