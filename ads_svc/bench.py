@@ -42,7 +42,7 @@ from ads_svc.models import CampaignRow, CampaignTargetRow
 from bizmsg.ads.v1 import ads_pb2, ads_pb2_grpc
 from bizmsg.billing.v1 import billing_pb2, billing_pb2_grpc
 from bizmsg.common.v1 import common_pb2
-from bizmsg.kit.storage import Database, postgres_url
+from bizmsg.kit.storage import Database, postgres_execute, postgres_url
 from bizmsg.kit.testing import ServiceThread, metadata_for
 
 COUNTRIES = [
@@ -186,7 +186,7 @@ def run_one(size: int, seconds: float, concurrency: int, postgres: str | None) -
         for name in ("consent", "billing", "ads"):
             if postgres:
                 dbname = f"bizmsg_bench_{name}_{uuid.uuid4().hex[:8]}"
-                asyncio.run(_pg_admin(postgres, f'CREATE DATABASE "{dbname}"'))
+                asyncio.run(postgres_execute(postgres, f'CREATE DATABASE "{dbname}"'))
                 created.append(dbname)
                 urls[name] = postgres_url(postgres, database=dbname)
             else:
@@ -213,7 +213,9 @@ def run_one(size: int, seconds: float, concurrency: int, postgres: str | None) -
         finally:
             for dbname in created:
                 assert postgres is not None
-                asyncio.run(_pg_admin(postgres, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+                asyncio.run(
+                    postgres_execute(postgres, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+                )
     q = statistics.quantiles(lat, n=100)
     return {
         "size": size,
@@ -238,16 +240,6 @@ async def _thread_ident() -> int:
 def _thread_cpu(ident: int) -> float:
     """CPU seconds used so far by the thread `ident` of this process."""
     return time.clock_gettime(time.pthread_getcpuclockid(ident))
-
-
-async def _pg_admin(url: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def main() -> None:

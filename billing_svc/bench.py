@@ -28,7 +28,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 from sqlalchemy import LargeBinary, bindparam, make_url, text
 
@@ -38,7 +37,7 @@ from bizmsg.common.v1 import common_pb2
 from bizmsg.kit.auth import TokenAuthority
 from bizmsg.kit.config import DEV_TOKEN_SECRET
 from bizmsg.kit.processes import ServiceProcess
-from bizmsg.kit.storage import Database, UTCDateTime, postgres_url
+from bizmsg.kit.storage import Database, UTCDateTime, postgres_execute, postgres_url
 
 PRICE = 1_000
 SEED_WALLETS = 1_000
@@ -291,14 +290,6 @@ def _run(
     return result, asyncio.run(_count_transfers(url))
 
 
-async def _pg(admin_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 def measure(args: argparse.Namespace) -> list[tuple[Result, int]]:
     """The empty ledger, then the seeded one: (result, transfers after the run) for each."""
     pairs = args.pairs - args.pairs % args.concurrency
@@ -310,7 +301,7 @@ def measure(args: argparse.Namespace) -> list[tuple[Result, int]]:
                 urls[label] = f"sqlite+aiosqlite:///{work / label}.db"
             else:
                 name = f"billing_bench_{label}_{uuid.uuid4().hex[:8]}"
-                asyncio.run(_pg(args.pg_admin_url, f'CREATE DATABASE "{name}"'))
+                asyncio.run(postgres_execute(args.pg_admin_url, f'CREATE DATABASE "{name}"'))
                 urls[label] = postgres_url(args.pg_admin_url, database=name)
         try:
             return [
@@ -322,7 +313,9 @@ def measure(args: argparse.Namespace) -> list[tuple[Result, int]]:
                 for url in urls.values():
                     db = make_url(url).database
                     asyncio.run(
-                        _pg(args.pg_admin_url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+                        postgres_execute(
+                            args.pg_admin_url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'
+                        )
                     )
 
 

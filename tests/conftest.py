@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 
 from bizmsg.kit.clock import ManualClock
-from bizmsg.kit.storage import postgres_url
+from bizmsg.kit.storage import postgres_execute, postgres_url
 
 PG_ADMIN_URL = os.environ.get(
     "BIZMSG_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -30,11 +30,7 @@ _pg_ok: bool | None = None
 
 
 async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+    await postgres_execute(PG_ADMIN_URL, sql, connect_timeout=5)
 
 
 def postgres_available() -> bool:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bizmsg.bench.stack import _pg_admin
+from bizmsg.bench.stack import pg_admin
 from bizmsg.kit.processes import REPO_ROOT
 from bizmsg.kit.storage import postgres_url
 
@@ -160,11 +160,11 @@ def consent_database(server_url: str | None) -> Iterator[str]:
         yield ""
         return
     name = f"bizmsg_scale_consent_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_pg_admin(server_url, f'CREATE DATABASE "{name}"'))
+    pg_admin(server_url, f'CREATE DATABASE "{name}"')
     try:
         yield postgres_url(server_url, database=name)
     finally:
-        asyncio.run(_pg_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        pg_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def _pg_version(server_url: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bizmsg.bench.procs import BenchProcess
 from bizmsg.kit.processes import ServiceProcess, start_stack
-from bizmsg.kit.storage import postgres_url
+from bizmsg.kit.storage import postgres_execute, postgres_url
 
 SERVICES = ("consent", "billing", "delivery", "ads")
 NULL_NAMES = ("null-front", "null-consent", "null-billing")
@@ -26,6 +26,8 @@ KIT_NAMES = ("kit-front", "kit-consent", "kit-billing")
 # Calls still in flight when a run ends were abandoned by h2load; a short grace ends the bench
 # promptly instead of waiting the default 10 s per service.
 STOP_TIMEOUT = 8.0
+# Seconds to reach the PostgreSQL server for the bench's CREATE, ANALYZE and DROP.
+ADMIN_CONNECT_TIMEOUT = 10.0
 BENCH_MESSAGES_PER_SECOND = 1_000_000
 BENCH_ENV = {
     "BIZMSG_DELIVERY_PAIR_LIMIT_PER_MINUTE": "100000000",
@@ -116,7 +118,7 @@ class Stack:
             self.admin_url = database_url
             for name in SERVICES:
                 db = f"bizmsg_bench_{name}_{uuid.uuid4().hex[:8]}"
-                asyncio.run(_pg_admin(database_url, f'CREATE DATABASE "{db}"'))
+                pg_admin(database_url, f'CREATE DATABASE "{db}"')
                 self.databases.append(db)
                 urls[name] = postgres_url(database_url, database=db)
         self.urls = urls
@@ -128,7 +130,7 @@ class Stack:
         if self.admin_url is None:
             return
         for db in self.databases:
-            asyncio.run(_pg_admin(postgres_url(self.admin_url, database=db), "ANALYZE"))
+            pg_admin(postgres_url(self.admin_url, database=db), "ANALYZE")
 
     def stop(self) -> None:
         try:
@@ -138,9 +140,7 @@ class Stack:
                 bp.stop()
             if self.admin_url:
                 for db in self.databases:
-                    asyncio.run(
-                        _pg_admin(self.admin_url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-                    )
+                    pg_admin(self.admin_url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
     def _stop_services(self) -> None:
         # SIGTERM all first, then wait, so the drains overlap.
@@ -159,11 +159,6 @@ class Stack:
                 sp.kill()
 
 
-async def _pg_admin(url: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(postgres_url(url, driver="postgresql"), timeout=10)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+def pg_admin(url: str, sql: str) -> None:
+    """One statement (CREATE or DROP DATABASE, ANALYZE) on the bench's PostgreSQL server."""
+    asyncio.run(postgres_execute(url, sql, connect_timeout=ADMIN_CONNECT_TIMEOUT))

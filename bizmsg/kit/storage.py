@@ -116,6 +116,19 @@ def postgres_url(
     return parsed.render_as_string(hide_password=False)
 
 
+async def postgres_execute(url: str, sql: str, *, connect_timeout: float = 60.0) -> None:
+    """Runs one statement on the PostgreSQL server at `url` (either spelling) on a connection
+    of its own, outside any transaction: CREATE and DROP DATABASE, ANALYZE. `connect_timeout`:
+    seconds to reach the server (asyncpg's default unless given)."""
+    import asyncpg  # only the tools that administer a server need it
+
+    conn = await asyncpg.connect(postgres_url(url, driver="postgresql"), timeout=connect_timeout)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 def _sqlite_setup(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_conn: Any, _record: Any) -> None:

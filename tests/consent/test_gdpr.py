@@ -15,6 +15,7 @@ from sqlalchemy import text
 from bizmsg.common.v1 import common_pb2 as c
 from bizmsg.consent.v1 import consent_pb2 as pb
 from bizmsg.kit.idempotency import fingerprint
+from bizmsg.kit.storage import postgres_url
 from consent_svc import crypto
 from tests.consent.conftest import Consent, rid, rpc_error
 
@@ -107,7 +108,7 @@ def _database_bytes(consent: Consent, *, checkpoint: bool = True) -> bytes:
         return _sqlite_bytes(path)
 
     async def dump() -> bytes:
-        dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+        dsn = postgres_url(url, driver="postgresql")
         conn = await asyncpg.connect(dsn)
         try:
             tables = await conn.fetch(

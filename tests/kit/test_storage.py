@@ -719,7 +719,7 @@ def _skip_sqlite(database_url: str) -> None:
 async def _backends(database_url: str, *, running: str = "") -> int:
     """Server connections to the test's database (but this one's), or those whose statement
     running now contains `running`."""
-    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    conn = await asyncpg.connect(postgres_url(database_url, driver="postgresql"))
     try:
         return int(
             await conn.fetchval(
