@@ -30,6 +30,24 @@ async def let_ready_work_run(turns: int) -> None:
         await asyncio.sleep(0)
 
 
+async def gather_arrivals(arrivals: asyncio.Queue[Any], quiet: int, most: int) -> None:
+    """Yields turns of the loop before a write that others could share, for as long as entries
+    keep arriving in `arrivals` (the writer's own queue, which only it takes from): until `quiet`
+    turns in a row added none, or after `most` turns. Under load entries come in bursts with a
+    few quiet turns between them, and a fixed number of turns (let_ready_work_run) would write
+    in the middle of one; idle, it costs `quiet` turns, as that would."""
+    size = arrivals.qsize()
+    still = 0
+    for _ in range(most):
+        await asyncio.sleep(0)
+        if (now := arrivals.qsize()) != size:
+            size, still = now, 0
+        else:
+            still += 1
+            if still >= quiet:
+                return
+
+
 @types.coroutine
 def run_in_context(
     ctx: contextvars.Context, coro: Coroutine[Any, Any, T]
