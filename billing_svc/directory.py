@@ -2,6 +2,12 @@
 and accounts are never deleted, so once an account was seen committed its identity can be
 kept for the life of the process. Balances are never cached. An account not found (yet) is
 not remembered: it may be opened at any moment, here or on another replica.
+
+"Seen committed" is read outside the caller's transaction (Database.connect): inside it, a
+work of a group commit also sees the rows an earlier work of the same batch made, and those
+are gone if the batch is rolled back and run again work by work (a twin request_id in it,
+say). Kept, such an id named an account that did not exist: each later charge to it failed
+with an internal error.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -19,12 +25,17 @@ from billing_svc import store
 from billing_svc.models import BUSINESS_WALLET_KIND, AccountRow
 from bizmsg.billing.v1 import billing_pb2 as pb
 from bizmsg.kit.ids import new_id
+from bizmsg.kit.prepared import Prepared
+from bizmsg.kit.storage import Database
 
 _T = cast(Table, AccountRow.__table__)
 _COLS = (_T.c.id, _T.c.kind, _T.c.currency)
-_FIND = select(*_COLS).where(_T.c.owner == bindparam("owner"), _T.c.kind == bindparam("kind"))
-_FIND_SYSTEM = _FIND.where(_T.c.currency == bindparam("currency"), _T.c.shard == bindparam("shard"))
-_BY_ID = select(*_COLS).where(_T.c.id == bindparam("id"))
+_FIND_Q = select(*_COLS).where(_T.c.owner == bindparam("owner"), _T.c.kind == bindparam("kind"))
+_FIND = Prepared(_FIND_Q)
+_FIND_SYSTEM = Prepared(
+    _FIND_Q.where(_T.c.currency == bindparam("currency"), _T.c.shard == bindparam("shard"))
+)
+_BY_ID = Prepared(select(*_COLS).where(_T.c.id == bindparam("id")))
 # Bounded, so a platform with millions of businesses does not grow the process without end.
 MAX_ENTRIES = 50_000
 
@@ -59,33 +70,49 @@ class _Lru:
 
 
 class Directory:
-    def __init__(self, *, revenue_shards: int = 1, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(
+        self, db: Database, *, revenue_shards: int = 1, max_entries: int = MAX_ENTRIES
+    ) -> None:
+        self.db = db
         self.revenue_shards = revenue_shards
         self._wallets = _Lru(max_entries)
         self._accounts = _Lru(max_entries)
         self._system: dict[tuple[int, str, int], str] = {}
+
+    async def _find(
+        self, conn: AsyncConnection, stmt: Prepared, params: dict[str, Any]
+    ) -> tuple[Any, bool]:
+        """The row as committed and True (it may be kept), else as the caller's transaction
+        sees it and False (one it made, or one committed since: not kept)."""
+        async with self.db.connect() as committed:
+            row = await stmt.first(committed, params)
+        if row is not None:
+            return row, True
+        return await stmt.first(conn, params), False
 
     async def wallet(self, conn: AsyncConnection, business_id: str) -> AccountRef | None:
         """The business's wallet, or None when it has none (yet)."""
         ref = self._wallets.get(business_id)
         if ref is None:
             params = {"owner": f"business:{business_id}", "kind": BUSINESS_WALLET_KIND}
-            row = (await conn.execute(_FIND, params)).first()
+            row, committed = await self._find(conn, _FIND, params)
             if row is None:
                 return None
             ref = AccountRef(row.id, row.kind, row.currency)
-            self._wallets.put(business_id, ref)
+            if committed:
+                self._wallets.put(business_id, ref)
         return ref
 
     async def account(self, conn: AsyncConnection, account_id: str) -> AccountRef | None:
         """Any account by id, or None when there is none (yet)."""
         ref = self._accounts.get(account_id)
         if ref is None:
-            row = (await conn.execute(_BY_ID, {"id": account_id})).first()
+            row, committed = await self._find(conn, _BY_ID, {"id": account_id})
             if row is None:
                 return None
             ref = AccountRef(row.id, row.kind, row.currency)
-            self._accounts.put(account_id, ref)
+            if committed:
+                self._accounts.put(account_id, ref)
         return ref
 
     async def revenue_account(
@@ -119,9 +146,10 @@ class Directory:
         if found is not None:
             return found
         params = {"owner": store.PLATFORM_OWNER, "kind": kind, "currency": currency, "shard": shard}
-        row = (await conn.execute(_FIND_SYSTEM, params)).first()
+        row, committed = await self._find(conn, _FIND_SYSTEM, params)
         if row is not None:
-            self._system[key] = row.id
+            if committed:
+                self._system[key] = row.id
             return str(row.id)
         await conn.execute(
             store.insert_account_stmt(conn.dialect.name, if_absent=True),
@@ -136,4 +164,4 @@ class Directory:
             ),
         )
         # Ours, or a concurrent caller's that won the race (then this waited for its commit).
-        return str((await conn.execute(_FIND_SYSTEM, params)).one().id)
+        return str((await _FIND_SYSTEM.first(conn, params)).id)

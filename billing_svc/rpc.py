@@ -68,7 +68,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self.once = Once(db, idempotency, clock)
         self.authorization_timeout = authorization_timeout
         # Identities of accounts and rate-card versions: immutable, so safe to keep (see there).
-        self.directory = Directory(revenue_shards=revenue_shards)
+        self.directory = Directory(db, revenue_shards=revenue_shards)
         self.cards = RateCards()
 
     async def _once(
