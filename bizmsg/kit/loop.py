@@ -21,26 +21,19 @@ T = TypeVar("T")
 GC_YOUNG_THRESHOLD = 10_000
 
 
-async def let_ready_work_run(turns: int) -> None:
-    """Yields `turns` turns of the loop before a write that others could share (a group
-    commit, a stream write): under load each turn runs what is ready (new calls, answers from
-    other services), and the writes it leads to join this one; idle, a turn costs microseconds.
-    Each caller's number of turns is its own, measured."""
-    for _ in range(turns):
-        await asyncio.sleep(0)
-
-
-async def gather_arrivals(arrivals: asyncio.Queue[Any], quiet: int, most: int) -> None:
-    """Yields turns of the loop before a write that others could share, for as long as entries
-    keep arriving in `arrivals` (the writer's own queue, which only it takes from): until `quiet`
-    turns in a row added none, or after `most` turns. Under load entries come in bursts with a
-    few quiet turns between them, and a fixed number of turns (let_ready_work_run) would write
-    in the middle of one; idle, it costs `quiet` turns, as that would."""
-    size = arrivals.qsize()
+async def gather_arrivals(waiting: Callable[[], int], quiet: int, most: int) -> None:
+    """Yields turns of the loop before a write that others could share (a group commit, a
+    stream write), for as long as more keep coming: until `quiet` turns in a row left
+    `waiting()` (how many wait for the write; only the writer takes them) where it was, or
+    after `most` turns. Under load each turn runs what is ready (new calls, answers from other
+    services), and the writes it leads to join this one; they come in bursts with a few quiet
+    turns between them, and a fixed number of turns wrote in the middle of one. Idle, it costs
+    `quiet` turns of a few microseconds. Each caller's numbers are its own, measured."""
+    size = waiting()
     still = 0
     for _ in range(most):
         await asyncio.sleep(0)
-        if (now := arrivals.qsize()) != size:
+        if (now := waiting()) != size:
             size, still = now, 0
         else:
             still += 1

@@ -191,7 +191,7 @@ class _Stream(Generic[Resp]):
         self.accepted = True
         while (entry := await self._outbox.get()) is not None:
             if len(self.pending) > 1:  # others await answers: more may come to share the write
-                await gather_arrivals(self._outbox, GATHER_TURNS, GATHER_MOST_TURNS)
+                await gather_arrivals(self._outbox.qsize, GATHER_TURNS, GATHER_MOST_TURNS)
             # Everything waiting goes in this one write.
             batch = self._batch()
             _add(batch, entry)
@@ -501,7 +501,7 @@ async def serve(
     try:
         while (ready := await answers.get()) is not None:
             if len(running) > 1:  # other items are running: their answers may share the write
-                await gather_arrivals(answers, GATHER_TURNS, GATHER_MOST_TURNS)
+                await gather_arrivals(answers.qsize, GATHER_TURNS, GATHER_MOST_TURNS)
             batch = response_type()
             add(batch, *ready)
             finished = False

@@ -27,7 +27,7 @@ def waited(every: int, until: int, quiet: int, most: int) -> tuple[int, int]:
         task = asyncio.create_task(producer())
         await asyncio.sleep(0)  # the producer is under way
         start = turns
-        await gather_arrivals(arrivals, quiet, most)
+        await gather_arrivals(arrivals.qsize, quiet, most)
         seen = turns - start
         task.cancel()
         return seen, arrivals.qsize()
