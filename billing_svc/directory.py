@@ -90,29 +90,36 @@ class Directory:
             return row, True
         return await stmt.first(conn, params), False
 
+    async def _read(
+        self,
+        conn: AsyncConnection,
+        stmt: Prepared,
+        params: dict[str, Any],
+        cache: _Lru,
+        key: str,
+    ) -> AccountRef | None:
+        """An account not in `cache`, read as _find does; kept under `key` if committed."""
+        row, committed = await self._find(conn, stmt, params)
+        if row is None:
+            return None
+        ref = AccountRef(row.id, row.kind, row.currency)
+        if committed:
+            cache.put(key, ref)
+        return ref
+
     async def wallet(self, conn: AsyncConnection, business_id: str) -> AccountRef | None:
         """The business's wallet, or None when it has none (yet)."""
         ref = self._wallets.get(business_id)
         if ref is None:
             params = {"owner": f"business:{business_id}", "kind": BUSINESS_WALLET_KIND}
-            row, committed = await self._find(conn, _FIND, params)
-            if row is None:
-                return None
-            ref = AccountRef(row.id, row.kind, row.currency)
-            if committed:
-                self._wallets.put(business_id, ref)
+            ref = await self._read(conn, _FIND, params, self._wallets, business_id)
         return ref
 
     async def account(self, conn: AsyncConnection, account_id: str) -> AccountRef | None:
         """Any account by id, or None when there is none (yet)."""
         ref = self._accounts.get(account_id)
         if ref is None:
-            row, committed = await self._find(conn, _BY_ID, {"id": account_id})
-            if row is None:
-                return None
-            ref = AccountRef(row.id, row.kind, row.currency)
-            if committed:
-                self._accounts.put(account_id, ref)
+            ref = await self._read(conn, _BY_ID, {"id": account_id}, self._accounts, account_id)
         return ref
 
     async def revenue_account(
