@@ -146,7 +146,9 @@ class Clicks:
             )
             session.add(click)
             await session.flush()
-            await store.add_stats(session, imp.campaign_id, today, clicks=1, spend=price)
+            await store.add_stats(
+                await session.connection(), imp.campaign_id, today, clicks=1, spend=price
+            )
             return click, True
 
     async def get(self, who: Principal, click_id: str) -> ads_pb2.Click:
@@ -190,6 +192,8 @@ async def settle_click(
             await store.release(
                 session, click.campaign_id, amount=click.price_micros, day=click.day
             )
-            await store.add_stats(session, click.campaign_id, click.day, spend=-click.price_micros)
+            await store.add_stats(
+                await session.connection(), click.campaign_id, click.day, spend=-click.price_micros
+            )
         await store.set_unfunded(session, click.campaign_id, unfunded_until)
     return charge

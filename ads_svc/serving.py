@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ads_svc import auction, eligibility, pacing, store
 from ads_svc.confirmations import Confirmations
@@ -102,14 +102,13 @@ class Server:
         limit = self.settings.candidate_limit  # how many matching campaigns one serve may judge
 
         async def read(at_most: float | None, size: int) -> Page:
-            async with self.db.read() as session:
-                return await self._page(session, request, now, at_most, size)
+            return await self._page(request, now, at_most, size)
 
-        async with self.db.read() as session:
-            stored = await self.idem.lookup(session, METHOD, request, ads_pb2.ServeAdResponse)
-            if stored is not None:
-                return stored
-            first = await self._page(session, request, now, None, first_page_limit(limit))
+        async with self.db.connect() as conn:
+            stored = await self.idem.lookup(conn, METHOD, request, ads_pb2.ServeAdResponse)
+        if stored is not None:
+            return stored
+        first = await self._page(request, now, None, first_page_limit(limit))
 
         async def ask_audience() -> Audience:
             # Asked only when a campaign reached targets interests (consent is a remote call).
@@ -150,28 +149,32 @@ class Server:
 
     async def _page(
         self,
-        session: AsyncSession,
         request: ads_pb2.ServeAdRequest,
         now: datetime,
         at_most: float | None,
         limit: int,
     ) -> Page:
-        """Matching campaigns (see store.candidates) and, in the same transaction, the
-        person's recent impressions of the frequency-capped ones: one statement each."""
-        rows = await store.candidates(
-            session, request.context.country, request.context.language, now, limit, at_most
-        )
+        """Matching campaigns (see store.candidates) and the person's recent impressions of
+        the frequency-capped ones among them: one statement each, the second only when a
+        campaign is capped. They need not agree: a capped serve counts again, under the
+        person's lock, before it reserves (_try)."""
+        async with self.db.connect() as conn:
+            rows = await store.candidates(
+                conn, request.context.country, request.context.language, now, limit, at_most
+            )
         cands = [(candidate(r[:-1]), float(r[-1])) for r in rows]
         capped = [c for c, _ in cands if c.cap_max_impressions > 0]
         recent: dict[str, list[datetime]] = {}
         if capped:
             longest = max(c.cap_period_days for c in capped)
-            recent = await store.recent_impressions(
-                session,
-                request.person_id,
-                [c.campaign_id for c in capped],
-                now - timedelta(days=longest),
-            )
+            # An IN list of campaign ids: a SQLAlchemy statement, in a read of its own.
+            async with self.db.read() as session:
+                recent = await store.recent_impressions(
+                    session,
+                    request.person_id,
+                    [c.campaign_id for c in capped],
+                    now - timedelta(days=longest),
+                )
         return Page(cands, recent)
 
     async def _replay(self, request: ads_pb2.ServeAdRequest) -> _Replayed:
@@ -186,8 +189,9 @@ class Server:
     ) -> ads_pb2.ServeAdResponse:
         response = ads_pb2.ServeAdResponse(no_fill=ads_pb2.NoFill(reason=NO_FILL_REASONS[reason]))
         try:
-            async with self.db.write() as session:
-                await self.idem.save(session, METHOD, request, response)
+            await self.db.write_batched(
+                lambda conn: self.idem.save(conn, METHOD, request, response, later=True)
+            )
         except IntegrityError:
             raise await self._replay(request) from None
         return response
@@ -200,55 +204,68 @@ class Server:
         today = pacing.day_key(now)
         impression_id = new_id()
         owed = price.impression_micros > 0
+
+        async def work(conn: AsyncConnection) -> tuple[ads_pb2.ServeAdResponse, AnyRow] | NoFill:
+            # In a group commit with other serves (Database.write_batched): run again alone
+            # if the batch fails, so it keeps nothing between runs.
+            if c.cap_max_impressions > 0:
+                # Re-count under the person's lock: concurrent serves cannot both pass.
+                await store.lock_person(conn, request.person_id)
+                seen = await store.count_recent(
+                    conn, request.person_id, c.campaign_id, now - timedelta(days=c.cap_period_days)
+                )
+                if seen >= c.cap_max_impressions:
+                    return NoFill.FREQUENCY_CAPPED
+            row = await store.reserve_impression(
+                conn,
+                c.campaign_id,
+                amount=price.impression_micros,
+                room=max(price.impression_micros, price.click_micros),
+                today=today,
+            )
+            if row is None:
+                return NoFill.BUDGET_EXHAUSTED
+            await store.add_impression(
+                conn,
+                {
+                    "id": impression_id,
+                    "campaign_id": c.campaign_id,
+                    "account_id": row.account_id,
+                    "person_id": request.person_id,
+                    "business_id": row.business_id,
+                    "placement": int(request.placement),
+                    "serve_time": now,
+                    "day": today,
+                    "price_micros": price.impression_micros,
+                    "click_price_micros": price.click_micros,
+                    "currency_code": row.currency_code,
+                    "state": PENDING if owed else CHARGED,
+                },
+                # A capped campaign's impression is counted by the next serve of the batch.
+                later=c.cap_max_impressions == 0,
+            )
+            await store.add_stats(
+                conn,
+                c.campaign_id,
+                today,
+                impressions=1,
+                spend=price.impression_micros,
+                later=True,
+            )
+            response = ads_pb2.ServeAdResponse(ad=_ad(impression_id, c, row, price))
+            # Stored with the reservation, so a retry (also after a crash, or after billing
+            # did not answer) gets this very ad and its one pending charge.
+            await self.idem.save(conn, METHOD, request, response, later=True)
+            return response, row
+
         try:
-            async with self.db.write() as session:
-                if c.cap_max_impressions > 0:
-                    # Re-count under the person's lock: concurrent serves cannot both pass.
-                    await store.lock_person(session, request.person_id)
-                    seen = await store.count_recent(
-                        session,
-                        request.person_id,
-                        c.campaign_id,
-                        now - timedelta(days=c.cap_period_days),
-                    )
-                    if seen >= c.cap_max_impressions:
-                        return NoFill.FREQUENCY_CAPPED
-                row = await store.reserve_impression(
-                    session,
-                    c.campaign_id,
-                    amount=price.impression_micros,
-                    room=max(price.impression_micros, price.click_micros),
-                    today=today,
-                )
-                if row is None:
-                    return NoFill.BUDGET_EXHAUSTED
-                await store.add_impression(
-                    session,
-                    {
-                        "id": impression_id,
-                        "campaign_id": c.campaign_id,
-                        "account_id": row.account_id,
-                        "person_id": request.person_id,
-                        "business_id": row.business_id,
-                        "placement": int(request.placement),
-                        "serve_time": now,
-                        "day": today,
-                        "price_micros": price.impression_micros,
-                        "click_price_micros": price.click_micros,
-                        "currency_code": row.currency_code,
-                        "state": PENDING if owed else CHARGED,
-                    },
-                )
-                await store.add_stats(
-                    session, c.campaign_id, today, impressions=1, spend=price.impression_micros
-                )
-                response = ads_pb2.ServeAdResponse(ad=_ad(impression_id, c, row, price))
-                # Stored with the reservation, so a retry (also after a crash, or after
-                # billing did not answer) gets this very ad and its one pending charge.
-                await self.idem.save(session, METHOD, request, response)
+            outcome = await self.db.write_batched(work)
         except IntegrityError:
             # A concurrent call with this request_id committed first: nothing of ours stands.
             raise await self._replay(request) from None
+        if isinstance(outcome, NoFill):
+            return outcome
+        response, row = outcome
         if not owed:
             return response
 
@@ -295,7 +312,9 @@ async def refund_impression(
         # Only the one that moves it out of PENDING gives the budget back.
         if await store.settle_impression(session, impression_id, FAILED):
             await store.release(session, campaign_id, amount=micros, day=day, impressions=1)
-            await store.add_stats(session, campaign_id, day, impressions=-1, spend=-micros)
+            await store.add_stats(
+                await session.connection(), campaign_id, day, impressions=-1, spend=-micros
+            )
         if unfunded_until is not None:
             await store.set_unfunded(session, campaign_id, unfunded_until)
         if forget is not None:

@@ -27,7 +27,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.dml import Update
 
 from ads_svc.models import (
@@ -41,6 +41,7 @@ from ads_svc.models import (
     PersonLockRow,
 )
 from bizmsg.ads.v1 import ads_pb2
+from bizmsg.kit.prepared import Prepared
 
 ANY_LANGUAGE = "*"
 # A result row of any columns.
@@ -157,14 +158,18 @@ _CANDIDATES = (
 _CANDIDATES_AT_MOST = _CANDIDATES.where(bindparam("at_most", type_=Float) >= _RANK_HINT)
 
 
+_P_CANDIDATES = Prepared(_CANDIDATES)
+_P_CANDIDATES_AT_MOST = Prepared(_CANDIDATES_AT_MOST)
+
+
 async def candidates(
-    session: AsyncSession,
+    conn: AsyncConnection,
     country: str,
     language: str,
     now: datetime,
     limit: int,
     at_most: float | None = None,
-) -> list[AnyRow]:
+) -> Sequence[AnyRow]:
     """Active, in-schedule campaigns targeting this country and language (or any language),
     found through the campaign_targets primary key: the `limit` best by estimated score
     (only those estimated at most `at_most`, if given), best first. Rows of
@@ -176,10 +181,8 @@ async def candidates(
         "limit": limit,
     }
     if at_most is None:
-        result = await session.execute(_CANDIDATES, params)
-    else:
-        result = await session.execute(_CANDIDATES_AT_MOST, {**params, "at_most": at_most})
-    return list(result.all())
+        return await _P_CANDIDATES.rows(conn, params)
+    return await _P_CANDIDATES_AT_MOST.rows(conn, {**params, "at_most": at_most})
 
 
 async def recent_impressions(
@@ -202,38 +205,43 @@ async def recent_impressions(
     return out
 
 
+_IMPRESSIONS_SINCE = (
+    (ImpressionRow.person_id == bindparam("person_id"))
+    & (ImpressionRow.campaign_id == bindparam("campaign_id"))
+    & (ImpressionRow.serve_time > bindparam("since", type_=ImpressionRow.serve_time.type))
+    & (ImpressionRow.state != FAILED)
+)
+_P_COUNT_RECENT = Prepared(select(func.count().label("seen")).where(_IMPRESSIONS_SINCE))
+
+
 async def count_recent(
-    session: AsyncSession, person_id: str, campaign_id: str, since: datetime
+    conn: AsyncConnection, person_id: str, campaign_id: str, since: datetime
 ) -> int:
-    return int(
-        (
-            await session.execute(
-                select(func.count()).where(
-                    ImpressionRow.person_id == person_id,
-                    ImpressionRow.campaign_id == campaign_id,
-                    ImpressionRow.serve_time > since,
-                    ImpressionRow.state != FAILED,
-                )
-            )
-        ).scalar_one()
+    """The person's impressions of the campaign since `since` (index ix_impressions_person)."""
+    params = {"person_id": person_id, "campaign_id": campaign_id, "since": since}
+    return int((await _P_COUNT_RECENT.rows(conn, params))[0][0])
+
+
+def _add_person_lock(insert_fn: Any) -> Any:
+    return (
+        insert_fn(PersonLockRow).values(person_id=bindparam("person_id")).on_conflict_do_nothing()
     )
 
 
-def _insert(session: AsyncSession) -> object:
-    """The dialect's INSERT, which has ON CONFLICT (both SQLite and PostgreSQL do)."""
-    bind = session.get_bind()
-    return postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
+_P_ADD_PERSON_LOCK = Prepared(
+    _add_person_lock(sqlite.insert), postgresql=_add_person_lock(postgresql.insert)
+)
+_P_LOCK_PERSON = Prepared(
+    select(PersonLockRow.person_id)
+    .where(PersonLockRow.person_id == bindparam("person_id"))
+    .with_for_update()
+)
 
 
-async def lock_person(session: AsyncSession, person_id: str) -> None:
+async def lock_person(conn: AsyncConnection, person_id: str) -> None:
     """Serialise capped serves of one person (a row lock; SQLite writers are serial anyway)."""
-    ins = _insert(session)(PersonLockRow).values(person_id=person_id)  # type: ignore[operator]
-    await session.execute(ins.on_conflict_do_nothing())
-    await session.execute(
-        select(PersonLockRow.person_id)
-        .where(PersonLockRow.person_id == person_id)
-        .with_for_update()
-    )
+    await _P_ADD_PERSON_LOCK.execute(conn, {"person_id": person_id})
+    await _P_LOCK_PERSON.rows(conn, {"person_id": person_id})
 
 
 def _reserve(*, active_only: bool) -> Update:
@@ -296,13 +304,16 @@ async def reserve(
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
+_P_RESERVE_IMPRESSION = Prepared(_RESERVE_IMPRESSION)
+
+
 async def reserve_impression(
-    session: AsyncSession, campaign_id: str, *, amount: int, room: int, today: str
+    conn: AsyncConnection, campaign_id: str, *, amount: int, room: int, today: str
 ) -> AnyRow | None:
     """Reserve budget for one impression of an active campaign and return its AD_COLUMNS
     (one statement: UPDATE ... RETURNING), or None when the budgets do not allow it."""
-    result = await session.execute(
-        _RESERVE_IMPRESSION,
+    row: AnyRow | None = await _P_RESERVE_IMPRESSION.first(
+        conn,
         {
             "campaign_id": campaign_id,
             "amount": amount,
@@ -312,14 +323,21 @@ async def reserve_impression(
             "add_clicks": 0,
         },
     )
-    return result.first()
+    return row
 
 
-_INSERT_IMPRESSION = insert(IMPRESSIONS)
+_P_INSERT_IMPRESSION = Prepared(insert(IMPRESSIONS))
 
 
-async def add_impression(session: AsyncSession, values: dict[str, Any]) -> None:
-    await session.execute(_INSERT_IMPRESSION, values)
+async def add_impression(
+    conn: AsyncConnection, values: dict[str, Any], *, later: bool = False
+) -> None:
+    """A new impression row. `later`: in a group commit, with the batch's others before the
+    commit; only when nothing later in the transaction counts it (an uncapped campaign's)."""
+    if later:
+        await _P_INSERT_IMPRESSION.execute_later(conn, [values])
+    else:
+        await _P_INSERT_IMPRESSION.execute(conn, values)
 
 
 async def release(
@@ -380,31 +398,34 @@ def _upsert_stats(insert_fn: Any) -> Any:
     )
 
 
-_UPSERT_STATS = {
-    "sqlite": _upsert_stats(sqlite.insert),
-    "postgresql": _upsert_stats(postgresql.insert),
-}
+_P_UPSERT_STATS = Prepared(
+    _upsert_stats(sqlite.insert), postgresql=_upsert_stats(postgresql.insert)
+)
 
 
 async def add_stats(
-    session: AsyncSession,
+    conn: AsyncConnection,
     campaign_id: str,
     day: str,
     *,
     impressions: int = 0,
     clicks: int = 0,
     spend: int = 0,
+    later: bool = False,
 ) -> None:
-    await session.execute(
-        _UPSERT_STATS[session.get_bind().dialect.name],
-        {
-            "stat_campaign": campaign_id,
-            "stat_day": day,
-            "add_impressions": impressions,
-            "add_clicks": clicks,
-            "add_spend": spend,
-        },
-    )
+    """Adds to the campaign's counters of the day. `later`: in a group commit, with the
+    batch's other additions before the commit (nothing in the transaction reads them)."""
+    row = {
+        "stat_campaign": campaign_id,
+        "stat_day": day,
+        "add_impressions": impressions,
+        "add_clicks": clicks,
+        "add_spend": spend,
+    }
+    if later:
+        await _P_UPSERT_STATS.execute_later(conn, [row])
+    else:
+        await _P_UPSERT_STATS.execute(conn, row)
 
 
 async def stats(

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
+from sqlalchemy.types import Float, Numeric, TypeEngine
 
 from bizmsg.kit import sqlite_inline
 
@@ -67,9 +68,7 @@ def _compile(stmt: Any, dialect: Dialect, keys: Sequence[str] | None) -> _Compil
     columns = list(
         stmt.selected_columns if isinstance(stmt, Select) else c.effective_returning or ()
     )
-    results = tuple(
-        col.type.dialect_impl(dialect).result_processor(dialect, None) for col in columns
-    )
+    results = tuple(_result_processor(col.type, dialect) for col in columns)
     binds = tuple(procs.get(n) for n in names)
     return _Compiled(
         sql=str(c),
@@ -82,6 +81,21 @@ def _compile(stmt: Any, dialect: Dialect, keys: Sequence[str] | None) -> _Compil
         take=_taker(names),
         processed=tuple((i, p) for i, p in enumerate(binds) if p is not None),
     )  # fmt: skip
+
+
+# PostgreSQL type oids of float8 and numeric: what a statement's Float and Numeric columns are
+# there (SQLAlchemy renders Float as FLOAT, which is float8).
+_FLOAT8, _NUMERIC = 701, 1700
+
+
+def _result_processor(type_: TypeEngine[Any], dialect: Dialect) -> Processor:
+    """The column's result processor as SQLAlchemy would pick it. asyncpg's for Float and
+    Numeric depend on the column's type oid, which SQLAlchemy reads off each result; here
+    it is the one the declared type renders as."""
+    coltype = None
+    if dialect.name == "postgresql" and isinstance(type_, (Float, Numeric)):
+        coltype = _FLOAT8 if isinstance(type_, Float) else _NUMERIC
+    return type_.dialect_impl(dialect).result_processor(dialect, coltype)  # type: ignore[no-any-return]
 
 
 def _taker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
