@@ -365,6 +365,7 @@ async def charge_ad_event(
     transfer_id = new_id()
     await store.insert_transfer(
         conn,
+        later=True,
         id=transfer_id,
         debit_account_id=account_id,
         credit_account_id=revenue_id,
@@ -376,6 +377,9 @@ async def charge_ad_event(
         reference=event_id,
         create_time=now,
     )
-    await postings.post(conn, ledger.Op.POSTED, Side.DEBIT, account_id, amount)
-    await postings.post(conn, ledger.Op.POSTED, Side.CREDIT, revenue_id, amount)
+    # In a group commit, the batch's charges of one wallet (and of the revenue account) go
+    # in as one sum each, just before the commit.
+    for side, account_id_ in ((Side.DEBIT, account_id), (Side.CREDIT, revenue_id)):
+        if not postings.post_later(conn, side, account_id_, amount):
+            await postings.post(conn, ledger.Op.POSTED, side, account_id_, amount)
     return AdCharge(transfer_id, amount, currency)

@@ -122,6 +122,20 @@ _RESERVE_TOTAL = Total(_RESERVE, "amount")
 _CREDIT_PENDING_TOTAL = Total(_GUARDED[ledger.Op.PENDING, Side.CREDIT], "amount")
 
 
+# An advertiser's ad charges in one group commit debit the same wallet and credit the same
+# revenue account: one UPDATE per row with their sum, as for authorizations. The funds guard
+# and the int64 bounds are upper bounds on the sums, so the sum passes exactly when the
+# charges pass one after the other.
+_POST_TOTAL = {side: Total(_GUARDED[ledger.Op.POSTED, side], "amount") for side in Side}
+
+
+def post_later(conn: AsyncConnection, side: Side, account_id: str, amount: int) -> bool:
+    """A posted transfer's side added to this group commit's sum for the account, checked and
+    applied just before the commit (a refusal runs the batch again work by work, where
+    `post` raises the exact error); False outside a group commit that defers (post it now)."""
+    return _POST_TOTAL[side].add(conn, {"account_id": account_id, "amount": amount})
+
+
 async def try_post(
     conn: AsyncConnection, op: ledger.Op, side: Side, account_id: str, amount: int
 ) -> bool:
