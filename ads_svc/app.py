@@ -21,7 +21,7 @@ async def build(runtime: Runtime) -> AdsServicer:
     settings = AdsSettings.load(runtime.settings)
     idem = Idempotency(IDEMPOTENCY, runtime.clock)
     consent = Consent(runtime.channel("consent"))
-    billing = Billing(runtime.channel("billing"))
+    billing = Billing.open(runtime)
     # Pacing's coin only; nothing secret depends on it.
     rng = random.Random()
     db = runtime.db

@@ -13,6 +13,8 @@ from bizmsg.billing.v1 import billing_pb2, billing_pb2_grpc
 from bizmsg.common.v1 import common_pb2
 from bizmsg.consent.v1 import consent_pb2, consent_pb2_grpc
 from bizmsg.kit.errors import InvalidArgument, PermissionDenied, Unavailable
+from bizmsg.kit.multiplex import StreamClient
+from bizmsg.kit.server import Runtime
 
 log = logging.getLogger("ads_svc.partners")
 
@@ -60,9 +62,36 @@ class Consent:
         return Preferences(prefs.personalization_enabled, tuple(prefs.interests))
 
 
+ChargeStream = StreamClient[billing_pb2.ChargeAdEventRequest, billing_pb2.ChargeAdEventResponse]
+
+
 class Billing:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    """`charges`: the long-lived ChargeAdEventStream that every charge goes on (kit/multiplex.py),
+    failing with the grpc errors of the unary call; None: unary ChargeAdEvent calls."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, charges: ChargeStream | None = None) -> None:
         self._stub = billing_pb2_grpc.BillingServiceStub(channel)
+        self._charges = charges
+
+    @classmethod
+    def open(cls, runtime: Runtime) -> Billing:
+        """On the runtime's billing channel, charging over a stream unless
+        BIZMSG_INTERNAL_STREAMS=0; the stream ends when the service stops."""
+        channel = runtime.channel("billing")
+        if not runtime.settings.internal_streams:
+            return cls(channel)
+        stub = billing_pb2_grpc.BillingServiceStub(channel)
+        charges: ChargeStream = StreamClient(
+            "billing",
+            stub.ChargeAdEventStream,
+            billing_pb2.ChargeAdEventStreamItem,
+            batch=billing_pb2.ChargeAdEventStreamRequest,
+            authorization=runtime.channels.authorization,
+            call_timeout=runtime.settings.call_timeout,
+            unary=stub.ChargeAdEvent,
+        )
+        runtime.on_shutdown(charges.close)
+        return cls(channel, charges=charges)
 
     async def charge(
         self,
@@ -74,16 +103,18 @@ class Billing:
         currency: str,
     ) -> Charge:
         kind = billing_pb2.AD_EVENT_KIND_CLICK if click else billing_pb2.AD_EVENT_KIND_IMPRESSION
+        request = billing_pb2.ChargeAdEventRequest(
+            request_id=event_id,
+            campaign_id=campaign_id,
+            account_id=account_id,
+            kind=kind,
+            amount=common_pb2.Money(amount_micros=micros, currency_code=currency),
+        )
         try:
-            await self._stub.ChargeAdEvent(
-                billing_pb2.ChargeAdEventRequest(
-                    request_id=event_id,
-                    campaign_id=campaign_id,
-                    account_id=account_id,
-                    kind=kind,
-                    amount=common_pb2.Money(amount_micros=micros, currency_code=currency),
-                )
-            )
+            if self._charges is not None:
+                await self._charges.call(request)
+            else:
+                await self._stub.ChargeAdEvent(request)
         except grpc.aio.AioRpcError as e:
             if e.code() in _REFUSALS:
                 log.info("billing refused ad charge %s: %s", event_id, e.code())

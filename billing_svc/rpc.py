@@ -397,6 +397,18 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
         return await self.once.run("ChargeAdEvent", request, pb.ChargeAdEventResponse, work)
 
+    def ChargeAdEventStream(
+        self, request_iterator: AsyncIterator[pb.ChargeAdEventStreamRequest], context: Any
+    ) -> AsyncIterator[pb.ChargeAdEventStreamResponse]:
+        # Each item is a ChargeAdEvent, run by the method above (ads' hot path).
+        return multiplex.serve(
+            request_iterator,
+            context,
+            "ChargeAdEvent",
+            self.ChargeAdEvent,
+            pb.ChargeAdEventStreamResponse,
+        )
+
     # Reading the ledger
 
     def _period(self, v: Validator, request: Any) -> tuple[datetime | None, datetime | None]:

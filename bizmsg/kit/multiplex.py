@@ -175,7 +175,8 @@ class _Stream(Generic[Resp]):
         # grpc.aio writes the iterator's items from one task of its own: writes never overlap,
         # and a caller cancelled while its item waits does not cancel the whole stream.
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
-        self.call = open_stream(self._requests(), metadata=(("authorization", authorization),))
+        self.writer = self._requests()
+        self.call = open_stream(self.writer, metadata=(("authorization", authorization),))
         self._reader = asyncio.create_task(self._read(), name=f"{name}-stream-reader")
         # The loop its items' answers are made on, kept: asyncio.get_running_loop() costs a
         # getpid() system call on Python 3.11, and every item would make one.
@@ -230,7 +231,9 @@ class _Stream(Generic[Resp]):
         except Exception as e:  # not expected; the items must still be answered
             log.warning("stream reader failed", exc_info=e, extra={"fields": {"to": self.name}})
         finally:
-            self.accepting = False
+            # Ends the writer too: left waiting on the outbox of a stream that broke, its
+            # generator outlived the loop (a warning when a stopped service's loop closed).
+            self.retire()
             pending, self.pending = self.pending, {}
             for waiting in pending.values():
                 if not waiting.done():

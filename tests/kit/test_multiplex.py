@@ -386,11 +386,16 @@ def test_a_server_going_away_fails_pending_items_and_the_next_call_reconnects(
         assert (await h.check("ok", "before")).consent_id == "before"
         pending = [asyncio.create_task(raises(h.check("sleep:10"))) for _ in range(3)]
         await asyncio.sleep(0.3)  # written and running on the server
+        broken = h.client._stream
+        assert broken is not None
         started = time.monotonic()
         await h.stop(None)
         failed = await asyncio.gather(*pending)
         assert {e.code() for e in failed} == {grpc.StatusCode.UNAVAILABLE}
         assert time.monotonic() - started < 3  # not their 5 s deadline
+        # Its writer ended with it: left waiting for items, it outlived the loop.
+        await asyncio.sleep(0.1)
+        assert broken.writer.ag_frame is None
         # While it is down, calls fail UNAVAILABLE as unary ones would.
         assert (await raises(h.check("ok"))).code() == grpc.StatusCode.UNAVAILABLE
         await h.start()

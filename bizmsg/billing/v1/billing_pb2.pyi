@@ -1143,6 +1143,130 @@ class ChargeAdEventResponse(_message.Message):
 Global___ChargeAdEventResponse: _TypeAlias = ChargeAdEventResponse  # noqa: Y015
 
 @_typing.final
+class ChargeAdEventStreamItem(_message.Message):
+    """One ChargeAdEvent on a ChargeAdEventStream (fields as in AuthorizeChargeStreamItem)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    CALLER_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    correlation_id: _builtins.int
+    """Chosen by the client, unique among its items in flight on the stream; the response carries it."""
+    caller_request_id: _builtins.str
+    """The request id of the caller's own call, for the logs. Not the idempotency key, which is
+    request.request_id (the event id).
+    """
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """What is left of the caller's deadline; unset means no deadline."""
+
+    @_builtins.property
+    def request(self) -> Global___ChargeAdEventRequest:
+        """The charge, exactly as ChargeAdEvent takes it."""
+
+    def __init__(
+        self,
+        *,
+        correlation_id: _builtins.int = ...,
+        caller_request_id: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        request: Global___ChargeAdEventRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caller_request_id", b"caller_request_id", "correlation_id", b"correlation_id", "request", b"request", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChargeAdEventStreamItem: _TypeAlias = ChargeAdEventStreamItem  # noqa: Y015
+
+@_typing.final
+class ChargeAdEventStreamRequest(_message.Message):
+    """Items written together, and the correlation_ids of items whose callers went away."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChargeAdEventStreamItem]: ...
+    @_builtins.property
+    def cancel(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___ChargeAdEventStreamItem] | None = ...,
+        cancel: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChargeAdEventStreamRequest: _TypeAlias = ChargeAdEventStreamRequest  # noqa: Y015
+
+@_typing.final
+class ChargeAdEventStreamResponse(_message.Message):
+    """Answers sent together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChargeAdEventStreamAnswer]: ...
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___ChargeAdEventStreamAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChargeAdEventStreamResponse: _TypeAlias = ChargeAdEventStreamResponse  # noqa: Y015
+
+@_typing.final
+class ChargeAdEventStreamAnswer(_message.Message):
+    """The answer to one ChargeAdEventStreamItem."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    correlation_id: _builtins.int
+    """The correlation_id of the request answered."""
+    @_builtins.property
+    def response(self) -> Global___ChargeAdEventResponse:
+        """The posted charge."""
+
+    @_builtins.property
+    def error(self) -> _any_pb2.Any:
+        """A google.rpc.Status packed in an Any, as in AuthorizeChargeStreamAnswer."""
+
+    def __init__(
+        self,
+        *,
+        correlation_id: _builtins.int = ...,
+        response: Global___ChargeAdEventResponse | None = ...,
+        error: _any_pb2.Any | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___ChargeAdEventStreamAnswer: _TypeAlias = ChargeAdEventStreamAnswer  # noqa: Y015
+
+@_typing.final
 class Transfer(_message.Message):
     """An immutable ledger entry. Two-phase charges are three transfers at most: the pending one,
     then one post_pending or void_pending transfer pointing at it by pending_id.

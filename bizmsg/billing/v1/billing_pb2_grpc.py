@@ -98,6 +98,11 @@ class BillingServiceStub:
                 request_serializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.ChargeAdEventRequest.SerializeToString,
                 response_deserializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.ChargeAdEventResponse.FromString,
                 _registered_method=True)
+        self.ChargeAdEventStream = channel.stream_stream(
+                '/bizmsg.billing.v1.BillingService/ChargeAdEventStream',
+                request_serializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.ChargeAdEventStreamRequest.SerializeToString,
+                response_deserializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.ChargeAdEventStreamResponse.FromString,
+                _registered_method=True)
         self.ListTransfers = channel.unary_unary(
                 '/bizmsg.billing.v1.BillingService/ListTransfers',
                 request_serializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.ListTransfersRequest.SerializeToString,
@@ -216,6 +221,17 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChargeAdEventStream(self, request_iterator, context):
+        """ChargeAdEvent for many calls over one long-lived stream, as AuthorizeChargeStream is for
+        AuthorizeCharge: the same permission (only service:ads), idempotency, validation and errors,
+        item by item. Ads charges every served impression that has a price, so it keeps one of these
+        open (BIZMSG_INTERNAL_STREAMS); ChargeAdEvent stays for everyone else, and for the settlement
+        of charges whose answer was lost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTransfers(self, request, context):
         """Lists an account's transfers, oldest first, optionally within a time range.
         """
@@ -292,6 +308,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ChargeAdEvent,
                     request_deserializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.ChargeAdEventRequest.FromString,
                     response_serializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.ChargeAdEventResponse.SerializeToString,
+            ),
+            'ChargeAdEventStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ChargeAdEventStream,
+                    request_deserializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.ChargeAdEventStreamRequest.FromString,
+                    response_serializer=bizmsg_dot_billing_dot_v1_dot_billing__pb2.ChargeAdEventStreamResponse.SerializeToString,
             ),
             'ListTransfers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTransfers,
@@ -632,6 +653,33 @@ class BillingService:
             '/bizmsg.billing.v1.BillingService/ChargeAdEvent',
             bizmsg_dot_billing_dot_v1_dot_billing__pb2.ChargeAdEventRequest.SerializeToString,
             bizmsg_dot_billing_dot_v1_dot_billing__pb2.ChargeAdEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChargeAdEventStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bizmsg.billing.v1.BillingService/ChargeAdEventStream',
+            bizmsg_dot_billing_dot_v1_dot_billing__pb2.ChargeAdEventStreamRequest.SerializeToString,
+            bizmsg_dot_billing_dot_v1_dot_billing__pb2.ChargeAdEventStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

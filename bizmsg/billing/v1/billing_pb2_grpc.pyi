@@ -82,6 +82,13 @@ class BillingServiceStub:
     """Charges an advertiser for an impression or a click, posted at once. Only service:ads;
     request_id is the event id.
     """
+    ChargeAdEventStream: _grpc.StreamStreamMultiCallable[_billing_pb2.ChargeAdEventStreamRequest, _billing_pb2.ChargeAdEventStreamResponse]
+    """ChargeAdEvent for many calls over one long-lived stream, as AuthorizeChargeStream is for
+    AuthorizeCharge: the same permission (only service:ads), idempotency, validation and errors,
+    item by item. Ads charges every served impression that has a price, so it keeps one of these
+    open (BIZMSG_INTERNAL_STREAMS); ChargeAdEvent stays for everyone else, and for the settlement
+    of charges whose answer was lost.
+    """
     ListTransfers: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListTransfersRequest, _billing_pb2.ListTransfersResponse]
     """Lists an account's transfers, oldest first, optionally within a time range."""
     GetStatement: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetStatementRequest, _billing_pb2.GetStatementResponse]
@@ -140,6 +147,13 @@ class BillingServiceAsyncStub(BillingServiceStub):
     ChargeAdEvent: _aio.UnaryUnaryMultiCallable[_billing_pb2.ChargeAdEventRequest, _billing_pb2.ChargeAdEventResponse]  # type: ignore[assignment]
     """Charges an advertiser for an impression or a click, posted at once. Only service:ads;
     request_id is the event id.
+    """
+    ChargeAdEventStream: _aio.StreamStreamMultiCallable[_billing_pb2.ChargeAdEventStreamRequest, _billing_pb2.ChargeAdEventStreamResponse]  # type: ignore[assignment]
+    """ChargeAdEvent for many calls over one long-lived stream, as AuthorizeChargeStream is for
+    AuthorizeCharge: the same permission (only service:ads), idempotency, validation and errors,
+    item by item. Ads charges every served impression that has a price, so it keeps one of these
+    open (BIZMSG_INTERNAL_STREAMS); ChargeAdEvent stays for everyone else, and for the settlement
+    of charges whose answer was lost.
     """
     ListTransfers: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListTransfersRequest, _billing_pb2.ListTransfersResponse]  # type: ignore[assignment]
     """Lists an account's transfers, oldest first, optionally within a time range."""
@@ -268,6 +282,19 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_billing_pb2.ChargeAdEventResponse, _abc.Awaitable[_billing_pb2.ChargeAdEventResponse]]:
         """Charges an advertiser for an impression or a click, posted at once. Only service:ads;
         request_id is the event id.
+        """
+
+    @_abc_1.abstractmethod
+    def ChargeAdEventStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_billing_pb2.ChargeAdEventStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_billing_pb2.ChargeAdEventStreamResponse], _abc.AsyncIterator[_billing_pb2.ChargeAdEventStreamResponse]]:
+        """ChargeAdEvent for many calls over one long-lived stream, as AuthorizeChargeStream is for
+        AuthorizeCharge: the same permission (only service:ads), idempotency, validation and errors,
+        item by item. Ads charges every served impression that has a price, so it keeps one of these
+        open (BIZMSG_INTERNAL_STREAMS); ChargeAdEvent stays for everyone else, and for the settlement
+        of charges whose answer was lost.
         """
 
     @_abc_1.abstractmethod
