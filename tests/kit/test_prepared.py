@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -49,39 +50,50 @@ BUMP = Prepared(
 )
 
 
-def test_prepared_matches_sqlalchemy(database_url: str) -> None:
-    at = datetime(2026, 5, 1, 14, 30, 15, 123456, tzinfo=timezone(timedelta(hours=2)))
+def on_items(
+    database_url: str, body: Callable[[Database], Awaitable[None]], *, pool_size: int = 10
+) -> None:
+    """`body` on a new Database with the test's table, disposed of afterwards."""
 
     async def go() -> None:
-        db = Database(database_url)
+        db = Database(database_url, pool_size=pool_size)
         async with db.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
         try:
-            async with db.write() as s:
-                conn = await s.connection()
-                await INSERT.execute(conn, {"id": 1, "name": "a", "at": at})
-                # Columns left out take their defaults; rows of the same keys in one call.
-                await INSERT.execute_many(conn, [{"id": 2, "name": "b"}, {"id": 3, "name": "b"}])
-                assert await RENAME.execute(conn, {"old": "b", "new": "c"}) == 2
-                with pytest.raises(IntegrityError):  # the same type as through SQLAlchemy
-                    async with s.begin_nested():
-                        await INSERT.execute(await s.connection(), {"id": 1, "name": "dup"})
-            async with db.read() as s:
-                conn = await s.connection()
-                mine = await BY_ID.first(conn, {"id": 1})
-                theirs = (await conn.execute(select(ITEMS).where(ITEMS.c.id == 1))).one()
-                assert tuple(mine) == tuple(theirs)
-                assert mine.at == at and mine.at.tzinfo is not None and mine.flag is False
-                two = await BY_ID.first(conn, {"id": 2})
-                assert (two.name, two.flag, two.note, two.at) == ("c", False, "none", None)
-                assert await BY_ID.first(conn, {"id": 99}) is None
-            async with db.write() as s:
-                rows = await BUMP.rows(await s.connection(), {"id": 1})
-                assert [(r.id, r.at) for r in rows] == [(101, at.astimezone(UTC))]
+            await body(db)
         finally:
             await db.dispose()
 
     asyncio.run(go())
+
+
+def test_prepared_matches_sqlalchemy(database_url: str) -> None:
+    at = datetime(2026, 5, 1, 14, 30, 15, 123456, tzinfo=timezone(timedelta(hours=2)))
+
+    async def go(db: Database) -> None:
+        async with db.write() as s:
+            conn = await s.connection()
+            await INSERT.execute(conn, {"id": 1, "name": "a", "at": at})
+            # Columns left out take their defaults; rows of the same keys in one call.
+            await INSERT.execute_many(conn, [{"id": 2, "name": "b"}, {"id": 3, "name": "b"}])
+            assert await RENAME.execute(conn, {"old": "b", "new": "c"}) == 2
+            with pytest.raises(IntegrityError):  # the same type as through SQLAlchemy
+                async with s.begin_nested():
+                    await INSERT.execute(await s.connection(), {"id": 1, "name": "dup"})
+        async with db.read() as s:
+            conn = await s.connection()
+            mine = await BY_ID.first(conn, {"id": 1})
+            theirs = (await conn.execute(select(ITEMS).where(ITEMS.c.id == 1))).one()
+            assert tuple(mine) == tuple(theirs)
+            assert mine.at == at and mine.at.tzinfo is not None and mine.flag is False
+            two = await BY_ID.first(conn, {"id": 2})
+            assert (two.name, two.flag, two.note, two.at) == ("c", False, "none", None)
+            assert await BY_ID.first(conn, {"id": 99}) is None
+        async with db.write() as s:
+            rows = await BUMP.rows(await s.connection(), {"id": 1})
+            assert [(r.id, r.at) for r in rows] == [(101, at.astimezone(UTC))]
+
+    on_items(database_url, go)
 
 
 def test_float_and_numeric_columns_come_back_as_through_sqlalchemy(database_url: str) -> None:
@@ -91,23 +103,17 @@ def test_float_and_numeric_columns_come_back_as_through_sqlalchemy(database_url:
     stmt = select(ratio, price).where(ITEMS.c.id == bindparam("id"))
     numbers = Prepared(stmt)
 
-    async def go() -> None:
-        db = Database(database_url)
-        async with db.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-        try:
-            async with db.write() as s:
-                await INSERT.execute(await s.connection(), {"id": 3, "name": "a"})
-            async with db.read() as s:
-                conn = await s.connection()
-                mine = await numbers.first(conn, {"id": 3})
-                theirs = (await conn.execute(stmt, {"id": 3})).one()
-            assert mine.ratio == theirs.ratio == 0.75 and type(mine.ratio) is float
-            assert mine.price == theirs.price and type(mine.price) is type(theirs.price)
-        finally:
-            await db.dispose()
+    async def go(db: Database) -> None:
+        async with db.write() as s:
+            await INSERT.execute(await s.connection(), {"id": 3, "name": "a"})
+        async with db.read() as s:
+            conn = await s.connection()
+            mine = await numbers.first(conn, {"id": 3})
+            theirs = (await conn.execute(stmt, {"id": 3})).one()
+        assert mine.ratio == theirs.ratio == 0.75 and type(mine.ratio) is float
+        assert mine.price == theirs.price and type(mine.price) is type(theirs.price)
 
-    asyncio.run(go())
+    on_items(database_url, go)
 
 
 def test_prepared_statements_are_part_of_the_callers_transaction(database_url: str) -> None:
@@ -118,27 +124,21 @@ def test_prepared_statements_are_part_of_the_callers_transaction(database_url: s
     class Boom(Exception):
         pass
 
-    async def go() -> None:
-        db = Database(database_url)
-        async with db.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-        try:
-            with pytest.raises(Boom):
-                async with db.write() as s:
-                    await INSERT.execute(await s.connection(), {"id": 7, "name": "gone"})
-                    raise Boom
-            async with db.write() as s:  # first statement of a transaction, then a rollback
-                await s.execute(select(ITEMS.c.id))
-                await INSERT.execute(await s.connection(), {"id": 8, "name": "kept"})
-            async with db.connect() as conn:
-                await INSERT.execute(conn, {"id": 9, "name": "alone"})
-            async with db.read() as s:
-                ids = set((await s.execute(select(ITEMS.c.id))).scalars())
-            assert ids == {8, 9}
-        finally:
-            await db.dispose()
+    async def go(db: Database) -> None:
+        with pytest.raises(Boom):
+            async with db.write() as s:
+                await INSERT.execute(await s.connection(), {"id": 7, "name": "gone"})
+                raise Boom
+        async with db.write() as s:  # first statement of a transaction, then a rollback
+            await s.execute(select(ITEMS.c.id))
+            await INSERT.execute(await s.connection(), {"id": 8, "name": "kept"})
+        async with db.connect() as conn:
+            await INSERT.execute(conn, {"id": 9, "name": "alone"})
+        async with db.read() as s:
+            ids = set((await s.execute(select(ITEMS.c.id))).scalars())
+        assert ids == {8, 9}
 
-    asyncio.run(go())
+    on_items(database_url, go)
 
 
 def test_a_statement_cancelled_midway_leaves_no_connection_behind(database_url: str) -> None:
@@ -150,35 +150,29 @@ def test_a_statement_cancelled_midway_leaves_no_connection_behind(database_url: 
         pytest.skip("SQLite statements run to the end without suspending: nothing to cancel")
     sleep = Prepared(select(func.pg_sleep(bindparam("seconds", type_=Float))))
 
-    async def go() -> None:
-        db = Database(database_url, pool_size=1)
-        async with db.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-        try:
+    async def go(db: Database) -> None:
+        async with db.write() as s:
+            await INSERT.execute(await s.connection(), {"id": 1, "name": "a"})
+        started = asyncio.Event()
+
+        async def lock_then_sleep() -> None:
             async with db.write() as s:
-                await INSERT.execute(await s.connection(), {"id": 1, "name": "a"})
-            started = asyncio.Event()
+                conn = await s.connection()
+                await RENAME.execute(conn, {"old": "a", "new": "locked"})  # row 1 locked
+                started.set()
+                await sleep.rows(conn, {"seconds": 2.0})  # cancelled in here
 
-            async def lock_then_sleep() -> None:
-                async with db.write() as s:
-                    conn = await s.connection()
-                    await RENAME.execute(conn, {"old": "a", "new": "locked"})  # row 1 locked
-                    started.set()
-                    await sleep.rows(conn, {"seconds": 2.0})  # cancelled in here
+        task = asyncio.create_task(lock_then_sleep())
+        await started.wait()
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(5):  # the row is free again: its lock went with it
+            async with db.write() as s:
+                assert await RENAME.execute(await s.connection(), {"old": "a", "new": "b"}) == 1
 
-            task = asyncio.create_task(lock_then_sleep())
-            await started.wait()
-            await asyncio.sleep(0.2)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            async with asyncio.timeout(5):  # the row is free again: its lock went with it
-                async with db.write() as s:
-                    assert await RENAME.execute(await s.connection(), {"old": "a", "new": "b"}) == 1
-        finally:
-            await db.dispose()
-
-    asyncio.run(go())
+    on_items(database_url, go, pool_size=1)
 
 
 def test_a_statement_refused_for_another_connections_lock_runs_once_it_is_free(
