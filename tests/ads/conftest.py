@@ -27,13 +27,17 @@ def start_stack(
         )
         ads_url = database_url_factory("ads")
         deps = {"consent": consent.target, "billing": billing.target}
+        # Replicas after the first charge with unary calls (BIZMSG_INTERNAL_STREAMS=0), the
+        # first over billing's ChargeAdEventStream: the replicated tests run both ways at once.
+        unary = {**ADS_ENV, "BIZMSG_INTERNAL_STREAMS": "0"}
+        envs = [ADS_ENV if i == 0 else unary for i in range(replicas)]
         ads = [
             stack.enter_context(
                 ServiceThread(
-                    ADS, database_url=ads_url, clock=clock, env=ADS_ENV, dependency_targets=deps
+                    ADS, database_url=ads_url, clock=clock, env=env, dependency_targets=deps
                 )
             )
-            for _ in range(replicas)
+            for env in envs
         ]
         s = Stack(clock, consent, billing, ads)
         try:
@@ -49,5 +53,5 @@ def stack(database_url_factory: Callable[[str], str], clock: ManualClock) -> Ite
 
 @pytest.fixture
 def replicated(database_url_factory: Callable[[str], str], clock: ManualClock) -> Iterator[Stack]:
-    """Two ads replicas on one database."""
+    """Two ads replicas on one database (one charging over the stream, one unary)."""
     yield from start_stack(database_url_factory, clock, replicas=2)
