@@ -5,19 +5,21 @@
 Consent, billing and ads run in-process (each on its own event loop and thread) on SQLite
 files in a temporary directory, or on PostgreSQL with --postgres URL (a server URL where
 this creates its databases, dropped after each size). Campaigns are seeded in bulk with SQL.
-Each ServeAd is the whole path: the replay check and the candidate query (one read
-transaction), the auction, the budget reservation with the impression and the stored
-response (one write transaction), and billing's ChargeAdEvent for the impression's price. A
+Each ServeAd is the whole path: the replay check and the candidate read (prepared
+statements), the auction, the budget reservation with the impression and the stored response
+(a group commit), and billing's ChargeAdEvent for the impression's price. A
 third of the campaigns bid CPC, a little under the CPM ones, so CPM wins and every fill is
 charged (a CPC impression would be free, charged only at the click). No seeded campaign
 targets interests, so ServeAd does not ask consent for the person's preference (it asks only
 when some candidate needs it). "charged" counts the served ads that went through billing.
 Requests ask for country DE, language de; the 10,000 campaigns are spread over 50 countries,
-so a request matches about 200 of them through the campaign_targets index (never the whole
-table). Each size prints one JSON line; --json also writes them all to a file
-(`bizmsg bench --scale` reads it). The machine may be shared, so besides wall-clock figures
-each line has the CPU time per call: of the whole process (consent, billing, ads and this
-load generator) and of the ads service's own thread, which a busy neighbour does not inflate.
+so a request matches about 200 of them, read best first from the campaign_targets rank index
+(a page of them, not all 200). The seed sets the target rows' estimates in one statement
+(store.refresh_all_ranks), as the service does for each campaign it writes. Each size prints
+one JSON line; --json also writes them all to a file (`bizmsg bench --scale` reads it). The
+machine may be shared, so besides wall-clock figures each line has the CPU time per call: of
+the whole process (consent, billing, ads and this load generator) and of the ads service's
+own thread, which a busy neighbour does not inflate.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 import grpc
 from sqlalchemy import insert
 
+from ads_svc import store
 from ads_svc.app import DEFINITION as ADS
 from ads_svc.models import CampaignRow, CampaignTargetRow
 from bizmsg.ads.v1 import ads_pb2, ads_pb2_grpc
@@ -144,6 +147,7 @@ async def seed(url: str, count: int, account_id: str) -> None:
             await session.execute(insert(CampaignRow), rows[start : start + 1000])
         for start in range(0, len(targets), 2000):
             await session.execute(insert(CampaignTargetRow), targets[start : start + 2000])
+        await store.refresh_all_ranks(await session.connection())
     await db.dispose()
 
 

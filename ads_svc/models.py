@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, MetaData, String, Text
+from sqlalchemy import BigInteger, Float, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bizmsg.kit.idempotency import idempotency_table
@@ -75,8 +75,10 @@ class CampaignRow(Base):
 class CampaignTargetRow(Base):
     """One (country, language) a campaign targets; language "*" means any.
 
-    ServeAd finds its candidates through the primary key (country, language) instead of
-    scanning every campaign.
+    ServeAd reads its candidates best first from ix_campaign_targets_rank: `rank_hint` is the
+    campaign's estimated score (store._RANK_HINT), kept up to date by store.refresh_rank in
+    every transaction that changes what it is computed from (the bid, the click and impression
+    counters), so a serve reads a page's worth of rows however many campaigns match.
     """
 
     __tablename__ = "campaign_targets"
@@ -84,8 +86,12 @@ class CampaignTargetRow(Base):
     country: Mapped[str] = mapped_column(String(2), primary_key=True)
     language: Mapped[str] = mapped_column(String(8), primary_key=True)
     campaign_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    rank_hint: Mapped[float] = mapped_column(Float, nullable=False, server_default="0")
 
-    __table_args__ = (Index("ix_campaign_targets_campaign", "campaign_id"),)
+    __table_args__ = (
+        Index("ix_campaign_targets_campaign", "campaign_id"),
+        Index("ix_campaign_targets_rank", "country", "language", "rank_hint", "campaign_id"),
+    )
 
 
 class ImpressionRow(Base):

@@ -24,6 +24,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -69,6 +70,7 @@ async def replace_targets(
         for lang in langs
     )
     await session.flush()
+    await refresh_rank(await session.connection(), campaign_id)
 
 
 async def get_campaign(
@@ -142,24 +144,48 @@ _RANK_HINT = case(
 )
 
 _NOW = bindparam("now", type_=CAMPAIGNS.c.start_time.type)
-_CANDIDATES = (
-    select(*CANDIDATE_COLUMNS, _RANK_HINT.label("hint"))
-    .join_from(CAMPAIGNS, TARGETS, TARGETS.c.campaign_id == _c.id)
-    .where(
-        TARGETS.c.country == bindparam("country"),
-        TARGETS.c.language.in_([bindparam("language"), ANY_LANGUAGE]),
-        _c.status == ads_pb2.CAMPAIGN_STATUS_ACTIVE,
-        _c.start_time <= _NOW,
-        or_(_c.end_time.is_(None), _c.end_time > _NOW),
+_LIMIT = bindparam("limit", type_=Integer)
+
+
+def _best_targeting(language: Any, *, at_most: bool) -> Any:
+    """The `limit` best active, in-schedule campaigns with a target row for (country,
+    `language`), walked best first in ix_campaign_targets_rank (no sort of all matches)."""
+    t = TARGETS.c
+    query = (
+        select(*CANDIDATE_COLUMNS, t.rank_hint.label("hint"))
+        .join_from(TARGETS, CAMPAIGNS, t.campaign_id == _c.id)
+        .where(
+            t.country == bindparam("country"),
+            t.language == language,
+            _c.status == ads_pb2.CAMPAIGN_STATUS_ACTIVE,
+            _c.start_time <= _NOW,
+            or_(_c.end_time.is_(None), _c.end_time > _NOW),
+        )
+        .order_by(t.rank_hint.desc(), t.campaign_id.desc())
+        .limit(_LIMIT)
     )
-    .order_by(_RANK_HINT.desc(), _c.id)
-    .limit(bindparam("limit", type_=Integer))
-)
-_CANDIDATES_AT_MOST = _CANDIDATES.where(bindparam("at_most", type_=Float) >= _RANK_HINT)
+    if at_most:
+        query = query.where(t.rank_hint <= bindparam("at_most", type_=Float))
+    return query
 
 
-_P_CANDIDATES = Prepared(_CANDIDATES)
-_P_CANDIDATES_AT_MOST = Prepared(_CANDIDATES_AT_MOST)
+def _candidates(*, any_language_only: bool, at_most: bool) -> Prepared:
+    """Candidates for one language and for any language ("*"): each list walked in index
+    order and cut at the limit, then the two merged (a page's worth of rows at most twice)."""
+    anyone = _best_targeting(ANY_LANGUAGE, at_most=at_most).subquery()
+    if any_language_only:
+        return Prepared(select(anyone))
+    own = _best_targeting(bindparam("language"), at_most=at_most).subquery()
+    both = union_all(select(own), select(anyone)).subquery()
+    return Prepared(select(both).order_by(both.c.hint.desc(), both.c.id.desc()).limit(_LIMIT))
+
+
+# By (whether the language asked for is "*", whether only estimates up to `at_most`).
+_P_CANDIDATES = {
+    (anyone, at_most): _candidates(any_language_only=anyone, at_most=at_most)
+    for anyone in (False, True)
+    for at_most in (False, True)
+}
 
 
 async def candidates(
@@ -170,19 +196,34 @@ async def candidates(
     limit: int,
     at_most: float | None = None,
 ) -> Sequence[AnyRow]:
-    """Active, in-schedule campaigns targeting this country and language (or any language),
-    found through the campaign_targets primary key: the `limit` best by estimated score
-    (only those estimated at most `at_most`, if given), best first. Rows of
-    CANDIDATE_COLUMNS followed by the estimate ("hint", a float that only orders them)."""
-    params: dict[str, Any] = {
-        "country": country,
-        "language": language or ANY_LANGUAGE,
-        "now": now,
-        "limit": limit,
-    }
-    if at_most is None:
-        return await _P_CANDIDATES.rows(conn, params)
-    return await _P_CANDIDATES_AT_MOST.rows(conn, {**params, "at_most": at_most})
+    """Active, in-schedule campaigns targeting this country and language (or any language):
+    the `limit` best by estimated score (only those estimated at most `at_most`, if given),
+    best first, equal estimates in a fixed order. Rows of CANDIDATE_COLUMNS followed by the
+    estimate ("hint", a float that only orders them)."""
+    language = language or ANY_LANGUAGE
+    params: dict[str, Any] = {"country": country, "language": language, "now": now, "limit": limit}
+    if at_most is not None:
+        params["at_most"] = at_most
+    statement = _P_CANDIDATES[language == ANY_LANGUAGE, at_most is not None]
+    return await statement.rows(conn, params)
+
+
+# Target rows take their campaign's estimated score as it now stands.
+_REFRESH_RANKS = update(TARGETS).values(
+    rank_hint=select(_RANK_HINT).where(_c.id == TARGETS.c.campaign_id).scalar_subquery()
+)
+_REFRESH_RANK = Prepared(_REFRESH_RANKS.where(TARGETS.c.campaign_id == bindparam("campaign_id")))
+
+
+async def refresh_rank(conn: AsyncConnection, campaign_id: str) -> None:
+    """The campaign's target rows take its estimated score as it now stands: run in every
+    transaction that changes the bid or the click and impression counters, after the change."""
+    await _REFRESH_RANK.execute(conn, {"campaign_id": campaign_id})
+
+
+async def refresh_all_ranks(conn: AsyncConnection) -> None:
+    """refresh_rank for every campaign, after campaigns were loaded in bulk with SQL."""
+    await conn.execute(_REFRESH_RANKS)
 
 
 async def recent_impressions(
@@ -301,7 +342,11 @@ async def reserve(
             "add_clicks": clicks,
         },
     )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    if impressions or clicks:
+        await refresh_rank(await session.connection(), campaign_id)
+    return True
 
 
 _P_RESERVE_IMPRESSION = Prepared(_RESERVE_IMPRESSION)
@@ -323,6 +368,9 @@ async def reserve_impression(
             "add_clicks": 0,
         },
     )
+    if row is not None and row.bid_type != ads_pb2.BID_TYPE_CPM:
+        # A CPM campaign's estimate is its bid: an impression leaves it where it was.
+        await refresh_rank(conn, campaign_id)
     return row
 
 
@@ -364,6 +412,8 @@ async def release(
         )
         .execution_options(synchronize_session=False)
     )
+    if impressions or clicks:
+        await refresh_rank(await session.connection(), campaign_id)
 
 
 async def set_unfunded(session: AsyncSession, campaign_id: str, until: datetime) -> None:
@@ -538,3 +588,4 @@ async def count_click(session: AsyncSession, campaign_id: str) -> None:
         .values(clicks=CampaignRow.clicks + 1)
         .execution_options(synchronize_session=False)
     )
+    await refresh_rank(await session.connection(), campaign_id)
