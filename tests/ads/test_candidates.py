@@ -1,6 +1,6 @@
 """ServeAd's candidate read: the best campaigns of a country and language, read best first from
 ix_campaign_targets_rank (a page's worth of rows however many match), and the estimate kept on
-the target rows following the bid and the counters."""
+the target rows following the bid and the counters, from migration 0002 on."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, text, update
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, insert, inspect, select, text, update
 
 from ads_svc import store
 from ads_svc.models import CampaignRow
@@ -159,8 +161,11 @@ def test_the_read_walks_the_rank_index_instead_of_sorting_every_match(database_u
                 assert all("USING COVERING INDEX ix_campaign_targets_rank" in p for p in walks)
             else:
                 # The plan a prepared statement keeps once PostgreSQL settles on a generic one.
+                values = ", ".join(_literal(a) for a in args)
                 await driver.execute("SET plan_cache_mode = force_generic_plan")
-                rows = await driver.fetch(f"EXPLAIN {compiled.sql}", *args)
+                await driver.execute(f"PREPARE candidates AS {compiled.sql}")
+                rows = await driver.fetch(f"EXPLAIN EXECUTE candidates({values})")
+                await driver.execute("DEALLOCATE candidates")
                 plan = [str(row[0]) for row in rows]
                 walks = [p for p in plan if " on campaign_targets" in p]
                 assert len(walks) == 2, plan
@@ -168,6 +173,12 @@ def test_the_read_walks_the_rank_index_instead_of_sorting_every_match(database_u
                 assert "Seq Scan" not in "\n".join(plan), plan
 
     on_ads_schema(database_url, body)
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, int | float):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def test_the_estimate_on_the_target_rows_follows_the_bid_and_the_counters(
@@ -232,3 +243,48 @@ async def _rebid(session: Any, campaign_id: str, micros: int) -> None:
         update(CampaignRow).where(CampaignRow.id == campaign_id).values(bid_micros=micros)
     )
     await store.replace_targets(session, campaign_id, ["DE"], ["de"])
+
+
+def test_migration_0002_gives_existing_targets_their_campaigns_estimates(
+    database_url: str,
+) -> None:
+    def to(conn: Connection, revision: str, *, down: bool = False) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", "ads_svc:migrations")
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+
+    campaigns = [
+        _campaign(1, bid_type=CPM, bid_micros=7_000),
+        _campaign(2, bid_type=CPC, bid_micros=9_000, impressions=120, clicks=3),
+    ]
+
+    async def go() -> None:
+        db = Database(database_url)
+        try:
+            async with db.engine.begin() as conn:
+                await conn.run_sync(to, "0001")
+                await conn.execute(insert(store.CAMPAIGNS), campaigns)
+                await conn.execute(
+                    text("INSERT INTO campaign_targets VALUES (:c, :l, :id)"),
+                    [{"c": "DE", "l": lang, "id": r["id"]} for r in campaigns for lang in "ab"],
+                )
+            async with db.engine.begin() as conn:
+                await conn.run_sync(to, "0002")
+                kept = (
+                    await conn.execute(
+                        select(store.TARGETS.c.campaign_id, store.TARGETS.c.rank_hint)
+                    )
+                ).all()
+                expected = {r["id"]: _estimate(r) for r in campaigns}
+                assert len(kept) == 4
+                assert all(hint == pytest.approx(expected[c], rel=1e-12) for c, hint in kept)
+                await conn.run_sync(to, "0001", down=True)
+                columns = await conn.run_sync(
+                    lambda c: [col["name"] for col in inspect(c).get_columns("campaign_targets")]
+                )
+                assert columns == ["country", "language", "campaign_id"]
+        finally:
+            await db.dispose()
+
+    asyncio.run(go())
