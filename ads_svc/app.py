@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from ads_svc import store
 from ads_svc.clicks import Clicks
 from ads_svc.confirmations import Confirmations
 from ads_svc.models import IDEMPOTENCY
@@ -15,6 +16,10 @@ from ads_svc.settlement import Settlement
 from bizmsg.ads.v1 import ads_pb2_grpc
 from bizmsg.kit.idempotency import Idempotency
 from bizmsg.kit.server import Runtime, ServiceDefinition
+
+# How often ended campaigns leave the candidate read's index walk (store.retire_ended); until
+# then the read filters them out as it walks.
+RETIRE_INTERVAL_SECONDS = 60.0
 
 
 async def build(runtime: Runtime) -> AdsServicer:
@@ -44,6 +49,12 @@ async def build(runtime: Runtime) -> AdsServicer:
 
     runtime.every(settings.confirm_interval_seconds, confirm, "ads-confirmations")
     runtime.every(settings.settle_interval_seconds, settle, "ads-settlement")
+
+    async def retire_ended() -> None:
+        async with db.write() as session:
+            await store.retire_ended(await session.connection(), runtime.clock.now())
+
+    runtime.every(RETIRE_INTERVAL_SECONDS, retire_ended, "ads-retire-ended")
     # Jobs stop before shutdown hooks run: write the last noted charges then.
     runtime.on_shutdown(confirm)
     return AdsServicer(runtime.db, runtime.clock, idem, settings, server, clicks, billing)

@@ -101,4 +101,5 @@ async def set_status(
     row.status = status
     row.update_time = clock.now()
     await session.flush()
+    await store.refresh_rank(await session.connection(), row.id)  # out of the read or back
     return campaign_to_proto(row)

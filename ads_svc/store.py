@@ -22,6 +22,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     or_,
     select,
     union_all,
@@ -143,6 +144,14 @@ _RANK_HINT = case(
     * 1000.0,
 )
 
+# What the target rows of a paused campaign, or of one whose schedule has ended, keep instead
+# of its estimate (estimates are never negative): the candidate read stops before them,
+# however high the campaign bid, instead of walking past them on every serve.
+RETIRED_RANK = -1.0
+_KEPT_RANK = case(
+    (_c.status == ads_pb2.CAMPAIGN_STATUS_ACTIVE, _RANK_HINT), else_=literal(RETIRED_RANK)
+)
+
 _NOW = bindparam("now", type_=CAMPAIGNS.c.start_time.type)
 _LIMIT = bindparam("limit", type_=Integer)
 
@@ -157,6 +166,7 @@ def _best_targeting(language: Any, *, at_most: bool) -> Any:
         .where(
             t.country == bindparam("country"),
             t.language == language,
+            t.rank_hint >= 0,
             _c.status == ads_pb2.CAMPAIGN_STATUS_ACTIVE,
             _c.start_time <= _NOW,
             or_(_c.end_time.is_(None), _c.end_time > _NOW),
@@ -208,17 +218,33 @@ async def candidates(
     return await statement.rows(conn, params)
 
 
-# Target rows take their campaign's estimated score as it now stands.
+# Target rows take their campaign's estimated score as it now stands (RETIRED_RANK if paused).
 _REFRESH_RANKS = update(TARGETS).values(
-    rank_hint=select(_RANK_HINT).where(_c.id == TARGETS.c.campaign_id).scalar_subquery()
+    rank_hint=select(_KEPT_RANK).where(_c.id == TARGETS.c.campaign_id).scalar_subquery()
 )
 _REFRESH_RANK = Prepared(_REFRESH_RANKS.where(TARGETS.c.campaign_id == bindparam("campaign_id")))
+_RETIRE_ENDED = Prepared(
+    update(TARGETS)
+    .where(
+        TARGETS.c.rank_hint >= 0,
+        TARGETS.c.campaign_id.in_(select(_c.id).where(_c.end_time <= _NOW)),
+    )
+    .values(rank_hint=RETIRED_RANK)
+)
 
 
 async def refresh_rank(conn: AsyncConnection, campaign_id: str) -> None:
     """The campaign's target rows take its estimated score as it now stands: run in every
-    transaction that changes the bid or the click and impression counters, after the change."""
+    transaction that changes the bid, the click and impression counters or the status, after
+    the change."""
     await _REFRESH_RANK.execute(conn, {"campaign_id": campaign_id})
+
+
+async def retire_ended(conn: AsyncConnection, now: datetime) -> int:
+    """Target rows of campaigns whose schedule has ended take RETIRED_RANK (a job runs this;
+    until it does, the read walks past them); how many rows. A campaign given a later end
+    takes its estimate again when its targets are written (replace_targets)."""
+    return await _RETIRE_ENDED.execute(conn, {"now": now})
 
 
 async def refresh_all_ranks(conn: AsyncConnection) -> None:

@@ -15,9 +15,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, insert, inspect, select, text, update
 
-from ads_svc import store
+from ads_svc import campaigns, store
 from ads_svc.models import CampaignRow
 from bizmsg.ads.v1 import ads_pb2
+from bizmsg.kit.auth import Principal
+from bizmsg.kit.clock import ManualClock
 from bizmsg.kit.storage import Database
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -98,12 +100,12 @@ async def _seed(db: Database, rng: random.Random, count: int) -> list[dict[str, 
         rows.append(row)
         country, language = rng.choice([("DE", "de"), ("DE", "*"), ("FR", "fr"), ("FR", "*")])
         row["target"] = (country, language)
-        target = {"country": country, "language": language, "campaign_id": row["id"]}
-        targets.append({**target, "rank_hint": _estimate(row)})
+        targets.append({"country": country, "language": language, "campaign_id": row["id"]})
     async with db.write() as session:
         campaigns = [{k: v for k, v in r.items() if k != "target"} for r in rows]
         await session.execute(insert(store.CAMPAIGNS), campaigns)
         await session.execute(insert(store.TARGETS), targets)
+        await store.refresh_all_ranks(await session.connection())
     if db.dialect == "postgresql":
         async with db.engine.connect() as conn:
             await conn.execute(text("ANALYZE campaigns"))
@@ -254,9 +256,10 @@ def test_migration_0002_gives_existing_targets_their_campaigns_estimates(
         cfg.attributes["connection"] = conn
         (command.downgrade if down else command.upgrade)(cfg, revision)
 
-    campaigns = [
+    rows = [
         _campaign(1, bid_type=CPM, bid_micros=7_000),
         _campaign(2, bid_type=CPC, bid_micros=9_000, impressions=120, clicks=3),
+        _campaign(3, bid_type=CPM, bid_micros=8_000, status=PAUSED),
     ]
 
     async def go() -> None:
@@ -264,10 +267,10 @@ def test_migration_0002_gives_existing_targets_their_campaigns_estimates(
         try:
             async with db.engine.begin() as conn:
                 await conn.run_sync(to, "0001")
-                await conn.execute(insert(store.CAMPAIGNS), campaigns)
+                await conn.execute(insert(store.CAMPAIGNS), rows)
                 await conn.execute(
                     text("INSERT INTO campaign_targets VALUES (:c, :l, :id)"),
-                    [{"c": "DE", "l": lang, "id": r["id"]} for r in campaigns for lang in "ab"],
+                    [{"c": "DE", "l": lang, "id": r["id"]} for r in rows for lang in "ab"],
                 )
             async with db.engine.begin() as conn:
                 await conn.run_sync(to, "0002")
@@ -276,8 +279,9 @@ def test_migration_0002_gives_existing_targets_their_campaigns_estimates(
                         select(store.TARGETS.c.campaign_id, store.TARGETS.c.rank_hint)
                     )
                 ).all()
-                expected = {r["id"]: _estimate(r) for r in campaigns}
-                assert len(kept) == 4
+                expected = {r["id"]: _estimate(r) for r in rows}
+                expected["c00003"] = store.RETIRED_RANK  # paused
+                assert len(kept) == 6
                 assert all(hint == pytest.approx(expected[c], rel=1e-12) for c, hint in kept)
                 await conn.run_sync(to, "0001", down=True)
                 columns = await conn.run_sync(
@@ -288,3 +292,47 @@ def test_migration_0002_gives_existing_targets_their_campaigns_estimates(
             await db.dispose()
 
     asyncio.run(go())
+
+
+def test_paused_and_ended_campaigns_leave_the_walk_and_come_back(database_url: str) -> None:
+    admin = Principal.parse("admin")
+    clock = ManualClock(NOW)
+
+    async def ranks(db: Database) -> dict[str, float]:
+        async with db.read() as session:
+            rows = await session.execute(
+                select(store.TARGETS.c.campaign_id, store.TARGETS.c.rank_hint)
+            )
+            return {c: h for c, h in rows}
+
+    async def body(db: Database) -> None:
+        async with db.write() as session:
+            for i, end in ((1, None), (2, NOW + timedelta(hours=1)), (3, None)):
+                row = CampaignRow(**_campaign(i, bid_micros=1_000 * i, end_time=end))
+                await store.insert_campaign(session, row, ["DE"], ["de"])
+        assert await ranks(db) == {"c00001": 1_000.0, "c00002": 2_000.0, "c00003": 3_000.0}
+
+        async with db.write() as session:
+            await campaigns.set_status(session, clock, admin, "c00003", PAUSED)
+        assert (await ranks(db))["c00003"] == store.RETIRED_RANK
+        # The schedule ends: nothing changes until the job retires it, and the read skips it.
+        later = NOW + timedelta(hours=2)
+        async with db.connect() as conn:
+            assert [r.id for r in await store.candidates(conn, "DE", "de", later, 16)] == ["c00001"]
+        async with db.write() as session:
+            assert await store.retire_ended(await session.connection(), later) == 1
+            assert await store.retire_ended(await session.connection(), later) == 0
+        assert await ranks(db) == {
+            "c00001": 1_000.0,
+            "c00002": store.RETIRED_RANK,
+            "c00003": store.RETIRED_RANK,
+        }
+
+        async with db.write() as session:
+            await campaigns.set_status(session, clock, admin, "c00003", ACTIVE)
+        assert (await ranks(db))["c00003"] == 3_000.0
+        async with db.connect() as conn:
+            got = await store.candidates(conn, "DE", "de", later, 16)
+        assert [r.id for r in got] == ["c00003", "c00001"]
+
+    on_ads_schema(database_url, body)

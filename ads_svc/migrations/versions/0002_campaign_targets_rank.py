@@ -5,7 +5,8 @@ score's estimate was computed from the campaign's row for every matching campaig
 on each serve, so a serve's read grew with the number of campaigns in the country (10,000 of
 them: about 1 ms of a serve's CPU on SQLite). Kept on each target row (store.refresh_rank, in
 the transaction that changes what it is computed from), the best ones are read in index order,
-a page's worth of rows. Existing rows get their campaign's estimate.
+a page's worth of rows. Existing rows get their campaign's estimate (-1 for a paused one:
+store.RETIRED_RANK).
 
 Revision ID: 0002
 Revises: 0001
@@ -22,9 +23,11 @@ down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# store._RANK_HINT as it stands at this revision (BID_TYPE_CPM is 1).
+# store._KEPT_RANK as it stands at this revision: the estimate (BID_TYPE_CPM is 1) of an
+# active campaign (CAMPAIGN_STATUS_ACTIVE is 1), -1 for a paused one.
 _ESTIMATE = """
-    SELECT CASE WHEN c.bid_type = 1 THEN CAST(c.bid_micros AS FLOAT)
+    SELECT CASE WHEN c.status != 1 THEN -1.0
+           WHEN c.bid_type = 1 THEN CAST(c.bid_micros AS FLOAT)
            ELSE CAST(c.bid_micros AS FLOAT) * ((CAST(c.clicks AS FLOAT) + 1.0)
                 / (CAST(c.impressions AS FLOAT) + 50.0)) * 1000.0 END
     FROM campaigns c WHERE c.id = campaign_targets.campaign_id
