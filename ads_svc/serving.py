@@ -1,13 +1,14 @@
 """ServeAd: gather candidates, filter, run the auction, reserve the budget, charge.
 
-The hot path is one read transaction (replay check, the first page of candidates best first
-and the person's recent impressions of the capped ones among them: see shortlist.py, which
-reads further pages only when a serve needs more bidders), the consent call only when a
-candidate reached targets interests, one write transaction (cap re-count, budget
-reservation, the impression, the day's stats and the stored response), and billing's
-ChargeAdEvent when the impression has a price. Budget reservation happens in the database
-(store.reserve_impression, a conditional UPDATE) before billing is asked, so budgets hold
-across concurrent serves and replicas.
+The hot path is single reads outside any transaction (the replay check, the first page of
+candidates best first, and the person's recent impressions of the capped ones among them, in
+a read of their own: see shortlist.py, which reads further pages only when a serve needs more
+bidders), the consent call only when a candidate reached targets interests, one write in a
+group commit with other serves (cap re-count, budget reservation, the impression, the day's
+stats and the stored response: Database.write_batched), and billing's ChargeAdEvent when the
+impression has a price (on a stream: partners.Billing). Budget reservation happens in the
+database (store.reserve_impression, a conditional UPDATE) before billing is asked, so budgets
+hold across concurrent serves and replicas.
 
 Billing's answer decides what follows:
 - posted: the impression is noted for the batched PENDING -> CHARGED update;
