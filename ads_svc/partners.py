@@ -12,6 +12,7 @@ import grpc
 from bizmsg.billing.v1 import billing_pb2, billing_pb2_grpc
 from bizmsg.common.v1 import common_pb2
 from bizmsg.consent.v1 import consent_pb2, consent_pb2_grpc
+from bizmsg.kit import multiplex
 from bizmsg.kit.errors import InvalidArgument, PermissionDenied, Unavailable
 from bizmsg.kit.multiplex import StreamClient
 from bizmsg.kit.server import Runtime
@@ -78,19 +79,15 @@ class Billing:
         """On the runtime's billing channel, charging over a stream unless
         BIZMSG_INTERNAL_STREAMS=0; the stream ends when the service stops."""
         channel = runtime.channel("billing")
-        if not runtime.settings.internal_streams:
-            return cls(channel)
         stub = billing_pb2_grpc.BillingServiceStub(channel)
-        charges: ChargeStream = StreamClient(
+        charges = multiplex.open_for(
+            runtime,
             "billing",
             stub.ChargeAdEventStream,
             billing_pb2.ChargeAdEventStreamItem,
             batch=billing_pb2.ChargeAdEventStreamRequest,
-            authorization=runtime.channels.authorization,
-            call_timeout=runtime.settings.call_timeout,
             unary=stub.ChargeAdEvent,
         )
-        runtime.on_shutdown(charges.close)
         return cls(channel, charges=charges)
 
     async def charge(

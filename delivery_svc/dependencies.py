@@ -21,6 +21,7 @@ from google.rpc import error_details_pb2
 from bizmsg.billing.v1 import billing_pb2, billing_pb2_grpc
 from bizmsg.common.v1 import common_pb2
 from bizmsg.consent.v1 import consent_pb2, consent_pb2_grpc
+from bizmsg.kit import multiplex
 from bizmsg.kit.errors import (
     DomainError,
     FailedPrecondition,
@@ -129,46 +130,35 @@ def dependency_error(service: str, e: grpc.aio.AioRpcError) -> DomainError:
     )
 
 
+CheckStream = StreamClient[consent_pb2.CheckConsentRequest, consent_pb2.CheckConsentResponse]
+AuthorizeStream = StreamClient[
+    billing_pb2.AuthorizeChargeRequest, billing_pb2.AuthorizeChargeResponse
+]
+
+
 class Dependencies:
     """Stubs made once on the runtime's channels; every method maps failures as above."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.consent = consent_pb2_grpc.ConsentServiceStub(runtime.channel("consent"))
         self.billing = billing_pb2_grpc.BillingServiceStub(runtime.channel("billing"))
-        self._checks: (
-            StreamClient[consent_pb2.CheckConsentRequest, consent_pb2.CheckConsentResponse] | None
-        ) = None
-        self._authorizations: (
-            StreamClient[billing_pb2.AuthorizeChargeRequest, billing_pb2.AuthorizeChargeResponse]
-            | None
-        ) = None
-        if runtime.settings.internal_streams:
-            authorization, timeout = runtime.channels.authorization, runtime.settings.call_timeout
-            self._checks = StreamClient(
-                "consent",
-                self.consent.CheckConsentStream,
-                consent_pb2.CheckConsentStreamItem,
-                batch=consent_pb2.CheckConsentStreamRequest,
-                authorization=authorization,
-                call_timeout=timeout,
-                unary=self.consent.CheckConsent,
-            )
-            self._authorizations = StreamClient(
-                "billing",
-                self.billing.AuthorizeChargeStream,
-                billing_pb2.AuthorizeChargeStreamItem,
-                batch=billing_pb2.AuthorizeChargeStreamRequest,
-                authorization=authorization,
-                call_timeout=timeout,
-                unary=self.billing.AuthorizeCharge,
-            )
-            runtime.on_shutdown(self.close)
-
-    async def close(self) -> None:
-        """Ends the streams once their pending calls are answered (within a second)."""
-        for client in (self._checks, self._authorizations):
-            if client is not None:
-                await client.close()
+        # Typed here: the stubs' methods give mypy nothing to infer them from.
+        self._checks: CheckStream | None = multiplex.open_for(
+            runtime,
+            "consent",
+            self.consent.CheckConsentStream,
+            consent_pb2.CheckConsentStreamItem,
+            batch=consent_pb2.CheckConsentStreamRequest,
+            unary=self.consent.CheckConsent,
+        )
+        self._authorizations: AuthorizeStream | None = multiplex.open_for(
+            runtime,
+            "billing",
+            self.billing.AuthorizeChargeStream,
+            billing_pb2.AuthorizeChargeStreamItem,
+            batch=billing_pb2.AuthorizeChargeStreamRequest,
+            unary=self.billing.AuthorizeCharge,
+        )
 
     async def check_consent(
         self, business_id: str, person_id: str, category: int

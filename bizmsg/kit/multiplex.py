@@ -38,7 +38,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -47,6 +47,9 @@ from google.rpc import status_pb2
 from bizmsg.kit import calls
 from bizmsg.kit.interceptors import status_code, stream_items
 from bizmsg.kit.loop import gather_arrivals
+
+if TYPE_CHECKING:
+    from bizmsg.kit.server import Runtime
 
 log = logging.getLogger("bizmsg.multiplex")
 
@@ -422,6 +425,33 @@ class StreamClient(Generic[Req, Resp]):
         if self._unary is None:
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"the stream to {self._name} is closed")
         return await self._unary(request)
+
+
+def open_for(
+    runtime: Runtime,
+    dependency: str,
+    open_stream: Callable[..., Any],
+    wrap: Callable[..., Any],
+    *,
+    batch: Callable[[], Any],
+    unary: Callable[[Req], Awaitable[Resp]],
+) -> StreamClient[Req, Resp] | None:
+    """A StreamClient to one of the service's dependencies, with the runtime's token and
+    default deadline, ended when the service stops; None when BIZMSG_INTERNAL_STREAMS=0 (the
+    caller then calls `unary` itself)."""
+    if not runtime.settings.internal_streams:
+        return None
+    client = StreamClient(
+        dependency,
+        open_stream,
+        wrap,
+        batch=batch,
+        authorization=runtime.channels.authorization,
+        call_timeout=runtime.settings.call_timeout,
+        unary=unary,
+    )
+    runtime.on_shutdown(client.close)
+    return client
 
 
 # --- the server's end ----------------------------------------------------------------------
