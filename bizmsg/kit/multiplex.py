@@ -139,7 +139,9 @@ def _expire(answer: asyncio.Future[Any]) -> None:
         answer.set_exception(TimeoutError())
 
 
-def _error_from_status(packed: any_pb2.Any) -> grpc.aio.AioRpcError:
+def error_from_status(packed: any_pb2.Any) -> grpc.aio.AioRpcError:
+    """A stream answer's error (a google.rpc.Status packed in an Any) as the error the unary
+    call would have raised, details included."""
     status = status_pb2.Status()
     packed.Unpack(status)
     return rpc_error(status_code(status), status.message, packed.value)
@@ -247,7 +249,7 @@ class _Stream(Generic[Resp]):
         if waiting is None or waiting.done():
             return  # its caller gave up (deadline, cancellation)
         if answer.HasField("error"):
-            waiting.set_exception(_error_from_status(answer.error))
+            waiting.set_exception(error_from_status(answer.error))
         else:
             waiting.set_result(answer.response)
 

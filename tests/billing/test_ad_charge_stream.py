@@ -4,9 +4,10 @@ replay, refusal and permission. (The stream mechanism itself: tests/kit/test_mul
 from __future__ import annotations
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from bizmsg.billing.v1 import billing_pb2 as pb
+from bizmsg.kit import multiplex
+from bizmsg.kit.testing import error_details
 from tests.billing.support import ADS, DELIVERY, Billing, eur, metadata_for, rid
 
 
@@ -39,16 +40,10 @@ def _on_stream(
     return answers[0]
 
 
-def _status(answer: pb.ChargeAdEventStreamAnswer) -> tuple[int, dict[str, object]]:
+def _error(answer: pb.ChargeAdEventStreamAnswer) -> grpc.RpcError:
+    """The answer's error as the unary call would have raised it."""
     assert answer.WhichOneof("result") == "error"
-    status = status_pb2.Status()
-    assert answer.error.Unpack(status)
-    details: dict[str, object] = {}
-    for any_ in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if any_.Unpack(info):
-            details["ErrorInfo"] = info
-    return status.code, details
+    return multiplex.error_from_status(answer.error)
 
 
 def test_each_item_is_answered_as_the_unary_call(billing: Billing) -> None:
@@ -64,10 +59,10 @@ def test_each_item_is_answered_as_the_unary_call(billing: Billing) -> None:
     assert billing.account(wallet.account_id).debits_posted.amount_micros == 6_000
 
     # A charge the wallet cannot pay: the unary call's status, in the answer.
-    code, details = _status(_on_stream(billing, _charge(wallet.account_id, 6_000)))
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-    assert details["ErrorInfo"].reason == "INSUFFICIENT_FUNDS"  # type: ignore[attr-defined]
+    refused = _error(_on_stream(billing, _charge(wallet.account_id, 6_000)))
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_details(refused)["ErrorInfo"].reason == "INSUFFICIENT_FUNDS"
     # Only ads may charge ad events, item by item as call by call.
-    code, _ = _status(_on_stream(billing, _charge(wallet.account_id, 1), principal=DELIVERY))
-    assert code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    denied = _error(_on_stream(billing, _charge(wallet.account_id, 1), principal=DELIVERY))
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     assert billing.account(wallet.account_id).debits_posted.amount_micros == 6_000
