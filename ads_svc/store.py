@@ -408,10 +408,7 @@ async def add_impression(
 ) -> None:
     """A new impression row. `later`: in a group commit, with the batch's others before the
     commit; only when nothing later in the transaction counts it (an uncapped campaign's)."""
-    if later:
-        await _P_INSERT_IMPRESSION.execute_later(conn, [values])
-    else:
-        await _P_INSERT_IMPRESSION.execute(conn, values)
+    await _P_INSERT_IMPRESSION.write(conn, values, later=later)
 
 
 async def release(
@@ -498,10 +495,7 @@ async def add_stats(
         "add_clicks": clicks,
         "add_spend": spend,
     }
-    if later:
-        await _P_UPSERT_STATS.execute_later(conn, [row])
-    else:
-        await _P_UPSERT_STATS.execute(conn, row)
+    await _P_UPSERT_STATS.write(conn, row, later=later)
 
 
 async def stats(

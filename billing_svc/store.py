@@ -181,23 +181,14 @@ _INSERT_TRANSFER = Prepared(insert(cast(Table, TransferRow.__table__)))
 _INSERT_AUTHORIZATION = Prepared(insert(cast(Table, AuthorizationRow.__table__)))
 
 
-async def _insert(stmt: Prepared, conn: AsyncConnection, row: dict[str, Any], later: bool) -> None:
-    """`later`: inside a group commit, with the batch's other rows just before the commit
-    (Prepared.execute_later); only for a row nothing in the same transaction reads back."""
-    if later:
-        await stmt.execute_later(conn, [row])
-    else:
-        await stmt.execute(conn, row)
-
-
 async def insert_transfer(conn: AsyncConnection, *, later: bool = False, **values: Any) -> None:
-    await _insert(_INSERT_TRANSFER, conn, {**_TRANSFER_DEFAULTS, **values}, later)
+    await _INSERT_TRANSFER.write(conn, {**_TRANSFER_DEFAULTS, **values}, later=later)
 
 
 async def insert_authorization(
     conn: AsyncConnection, *, later: bool = False, **values: Any
 ) -> None:
-    await _insert(_INSERT_AUTHORIZATION, conn, values, later)
+    await _INSERT_AUTHORIZATION.write(conn, values, later=later)
 
 
 async def get_authorization(conn: AsyncConnection, authorization_id: str) -> Row[Any] | None:

@@ -136,10 +136,7 @@ class Idempotency:
             "response": response.SerializeToString(deterministic=True),
             "create_time": self.clock.now(),
         }
-        if later:
-            await self._insert.execute_later(conn, [row])
-        else:
-            await self._insert.execute(conn, row)
+        await self._insert.write(conn, row, later=later)
 
     async def run(
         self,

@@ -166,6 +166,14 @@ class Prepared:
         c, _ = self._prepare(dialect, rows[0])
         await _run(conn, dialect, c, [self._prepare(dialect, r)[1] for r in rows], "many")
 
+    async def write(self, conn: AsyncConnection, row: Mapping[str, Any], *, later: bool) -> None:
+        """Runs a write for one row: at once, or with `later` as execute_later does (only for a
+        row nothing later in the same transaction reads back)."""
+        if later:
+            await self.execute_later(conn, [row])
+        else:
+            await self.execute(conn, row)
+
     async def execute_later(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Runs the statement once per row, now or, inside a group commit that defers (see
         `deferring`), together with the other works' rows just before the commit: one
