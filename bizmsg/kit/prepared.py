@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
 from sqlalchemy.types import Float, Numeric, TypeEngine
 
-from bizmsg.kit import sqlite_inline
+from bizmsg.kit import bulk, sqlite_inline
 
 _DIALECTS: dict[str, Dialect] = {
     "sqlite": aiosqlite.dialect(),
@@ -140,7 +140,7 @@ class Prepared:
         """The rows the statement returns (SELECT or RETURNING), processed as SQLAlchemy would."""
         dialect = conn.sync_engine.dialect.name
         c, args = self._prepare(dialect, params)
-        raw = await _run(conn, dialect, c, args, "rows")
+        raw = await _run(conn, dialect, c.sql, args, "rows")
         results, make = c.results, c.row
         if not c.converts:
             return [make(r) for r in raw]
@@ -156,7 +156,7 @@ class Prepared:
         """Runs a statement that returns no rows; the number of rows it changed."""
         dialect = conn.sync_engine.dialect.name
         c, args = self._prepare(dialect, params)
-        return int(await _run(conn, dialect, c, args, "count"))
+        return int(await _run(conn, dialect, c.sql, args, "count"))
 
     async def execute_many(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Runs the statement once per row (all rows with the same keys)."""
@@ -164,7 +164,7 @@ class Prepared:
             return
         dialect = conn.sync_engine.dialect.name
         c, _ = self._prepare(dialect, rows[0])
-        await _run(conn, dialect, c, [self._prepare(dialect, r)[1] for r in rows], "many")
+        await _run(conn, dialect, c.sql, [self._prepare(dialect, r)[1] for r in rows], "many")
 
     async def write(self, conn: AsyncConnection, row: Mapping[str, Any], *, later: bool) -> None:
         """Runs a write for one row: at once, or with `later` as execute_later does (only for a
@@ -225,26 +225,32 @@ async def flush_deferred(conn: AsyncConnection) -> None:
     """Runs the rows deferred so far: each statement once for all its rows, in the order the
     statements were first deferred; rows of one statement with different keys go apart. Then
     writes each tally's count that was added to in memory (Tally), then each total's sum
-    (Total), raising TotalRefused when a guard refuses one."""
+    (Total), raising TotalRefused when a guard refuses one. On PostgreSQL the rows and counts
+    go in together, in as few statements as they allow (bizmsg.kit.bulk)."""
     batch = _deferring.get(id(conn))
     if batch is None:
         return
     deferred, batch.rows = batch.rows, {}
+    tallies, batch.tallies = batch.tallies, {}
+    writes: list[tuple[Prepared, list[Mapping[str, Any]], bool]] = []
     for prepared, rows in deferred.items():
         groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
         for row in rows:
             groups.setdefault(tuple(row), []).append(row)
-        for same_keys in groups.values():
-            await prepared.execute_many(conn, same_keys)
-    tallies, batch.tallies = batch.tallies, {}
+        writes.extend((prepared, same_keys, False) for same_keys in groups.values())
     by_tally: dict[Tally, list[Mapping[str, Any]]] = {}
     for (tally, key), (count, added) in tallies.items():
         if added:
             row = dict(zip(tally.key_names, key, strict=True))
             row[tally.count_name] = count
             by_tally.setdefault(tally, []).append(row)
-    for tally, put_rows in by_tally.items():
-        await tally.put.execute_many(conn, put_rows)
+    # A tally's rows are one per key: each changes a row of its own.
+    writes.extend((tally.put, put_rows, True) for tally, put_rows in by_tally.items())
+    if conn.sync_engine.dialect.name == "postgresql":
+        await _write_together(conn, writes)
+    else:
+        for prepared, rows, _ in writes:
+            await prepared.execute_many(conn, rows)
     totals, batch.totals = batch.totals, {}
     # By statement in the order first used, then by key: every batch takes the rows' locks in
     # the same order, so two batches never wait on each other in a cycle.
@@ -254,6 +260,24 @@ async def flush_deferred(conn: AsyncConnection) -> None:
     for (total, key), amount in sorted(totals.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
         if await total.stmt.execute(conn, {**dict(key), total.amount_name: amount}) != 1:
             raise TotalRefused(dict(key), amount)
+
+
+async def _write_together(
+    conn: AsyncConnection, writes: Sequence[tuple[Prepared, list[Mapping[str, Any]], bool]]
+) -> None:
+    """PostgreSQL: the writes in as few statements as bizmsg.kit.bulk can make of them; the
+    rest row by row."""
+    parts = []
+    for prepared, rows, distinct in writes:
+        c, _ = prepared._prepare("postgresql", rows[0])
+        values = [tuple(prepared._prepare("postgresql", row)[1]) for row in rows]
+        stmt = prepared._stmts["postgresql"]
+        parts.append(bulk.Part(stmt, c.sql, c.names, values, (prepared, c.names), distinct))
+    statements, alone = bulk.plan(parts)
+    for statement, its_parts in statements:
+        await _run(conn, "postgresql", statement.sql, statement.args(its_parts), "count")
+    for part in alone:
+        await _run(conn, "postgresql", part.sql, [list(v) for v in part.rows], "many")
 
 
 class Tally:
@@ -360,9 +384,7 @@ async def raw_connection(conn: AsyncConnection) -> Any:
     return raw if raw is not None else await conn.get_raw_connection()
 
 
-async def _run(
-    conn: AsyncConnection, dialect: str, c: _Compiled, args: list[Any], kind: str
-) -> Any:
+async def _run(conn: AsyncConnection, dialect: str, sql: str, args: list[Any], kind: str) -> Any:
     raw = _held(conn)  # not raw_connection(): no coroutine per statement when it is held
     if raw is None:
         raw = await conn.get_raw_connection()
@@ -372,16 +394,16 @@ async def _run(
             # At once, with no coroutine per statement (each costs about what a primary-key
             # read does); only a statement refused for another process's lock goes round again.
             try:
-                return driver.run_now(kind, c.sql, args)
+                return driver.run_now(kind, sql, args)
             except sqlite3.OperationalError as e:
                 if not sqlite_inline.busy(e):
                     raise
-            return await driver.run(kind, c.sql, args)
+            return await driver.run(kind, sql, args)
         except sqlite3.Error as e:
-            raise DBAPIError.instance(c.sql, args, e, sqlite3.Error) from e
+            raise DBAPIError.instance(sql, args, e, sqlite3.Error) from e
     for pool, callback in _pg_tracers:
         if pool is None or pool is conn.sync_engine.pool:
-            callback(c.sql)
+            callback(sql)
     # SQLAlchemy's asyncpg adapter: its lock (one statement at a time per connection), and the
     # transaction SQLAlchemy began, which the adapter only opens with its first statement.
     adapted: Any = raw.dbapi_connection
@@ -390,16 +412,16 @@ async def _run(
             if conn.in_transaction() and adapted._transaction is None:
                 await adapted._start_transaction()
             if kind == "rows":
-                return await driver.fetch(c.sql, *args)
+                return await driver.fetch(sql, *args)
             if kind == "count":
-                status: str = await driver.execute(c.sql, *args)  # "UPDATE 1", "INSERT 0 1"
+                status: str = await driver.execute(sql, *args)  # "UPDATE 1", "INSERT 0 1"
                 return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
-            return await driver.executemany(c.sql, args)
+            return await driver.executemany(sql, args)
         except Exception as e:
             try:
                 adapted._handle_exception(e)  # raises the adapter's DBAPI error for it
             except Exception as dbapi_error:
-                raise DBAPIError.instance(c.sql, args, dbapi_error, adapted.dbapi.Error) from e
+                raise DBAPIError.instance(sql, args, dbapi_error, adapted.dbapi.Error) from e
             raise
         except BaseException as e:
             # Cancelled mid-statement (the caller went away): what the connection is doing now
