@@ -112,3 +112,31 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# The command name of PostgreSQL's processes (the server's, not a client's).
+DATABASE_PROCESS = "postgres"
+
+
+def cpu_by_name(name: str) -> dict[int, float]:
+    """CPU seconds so far of every process whose command is `name` (all of a database
+    server's processes: its backends, WAL writer, checkpointer), by pid."""
+    out: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != name:
+                continue
+        except OSError:
+            continue
+        seconds = cpu_seconds(int(entry.name))
+        if seconds is not None:
+            out[int(entry.name)] = seconds
+    return out
+
+
+def cpu_since(before: dict[int, float], name: str) -> float:
+    """CPU seconds `name`'s processes used since `before` (cpu_by_name): a process started
+    since counts whole; one that ended since is not seen (a pooled connection lives on)."""
+    return sum(s - before.get(pid, 0.0) for pid, s in cpu_by_name(name).items())

@@ -313,6 +313,11 @@ class Runner:
         for pid in pids.values():
             procs.reset_peak(pid)
         cpu_before = {n: procs.cpu_seconds(p) or 0.0 for n, p in pids.items()}
+        # PostgreSQL runs on the same CPUs as the services: its share of a call is counted too
+        # (all its processes; nothing else uses it meanwhile). The null and kit pipelines use
+        # no database.
+        database = self.database_url is not None and sc.target not in ("null", "kit")
+        database_before = procs.cpu_by_name(procs.DATABASE_PROCESS) if database else {}
         mark = watch.mark()
         null_before = self._null_stats() if sc.target == "null" else {}
         stored_before = self._stored(sc)
@@ -345,6 +350,8 @@ class Runner:
             for n, p in pids.items()
             if n in relevant
         }
+        if database:
+            cpu[procs.DATABASE_PROCESS] = procs.cpu_since(database_before, procs.DATABASE_PROCESS)
         rss = {n: procs.peak_rss_mb(p) or 0.0 for n, p in pids.items() if n in relevant}
         return _Slice(r, codes, stored, cpu, rss, profile)
 

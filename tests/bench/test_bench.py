@@ -204,3 +204,41 @@ def test_every_scenario_on_the_real_services(tmp_path: Path) -> None:
     text = report.table(outcome, fig)
     assert "null pipeline peak" in text and "kit pipeline" in text
     assert "CPU per call in all services" in text and "busiest process at each peak" in text
+
+
+def test_cpu_by_name_counts_every_process_of_that_command() -> None:
+    """The database server's CPU is the sum over its processes (procs.cpu_by_name); here,
+    the processes of this test's own command, this one among them."""
+    import os
+
+    from bizmsg.bench import procs
+
+    name = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+    before = procs.cpu_by_name(name)
+    assert os.getpid() in before
+    sum(i * i for i in range(300_000))  # some CPU of this process's own
+    assert procs.cpu_since(before, name) > 0
+    assert procs.cpu_since({}, name) >= sum(before.values())  # a process not seen counts whole
+
+
+@needs_h2load
+def test_on_postgresql_the_database_server_s_cpu_is_counted_per_call(tmp_path: Path) -> None:
+    """On PostgreSQL the bench counts the server's processes' CPU in SendMessage's CPU per
+    call (they share the machine's CPUs), not in the null pipeline's (it has no database),
+    and never names the server as the busiest process (it is many)."""
+    from tests.conftest import PG_ADMIN_URL, _require_postgres
+
+    _require_postgres()
+    plan = Plan(
+        levels=(4,), single_levels=(4,), duration=1, warmup=0, people=10, businesses=1,
+        campaigns=2, scenarios=("null", "send"),
+    )  # fmt: skip
+    outcome = Runner(plan, tmp_path, PG_ADMIN_URL).run(lambda text, done: None)
+    fig = report.figures(outcome, quick=True)
+    (send,) = fig["scenarios"]["send"]["points"]
+    (null,) = fig["scenarios"]["null"]["points"]
+    assert send["ok_fraction"] == 1.0
+    assert send["cpu_ms_per_call"]["postgres"] > 0
+    assert "postgres" not in null["cpu_ms_per_call"]
+    assert fig["busiest_at_peak"]["send"]["process"] in {"consent", "billing", "delivery"}
+    assert ", postgres " in report.table(outcome, fig)
