@@ -24,6 +24,7 @@ from delivery_svc.policy import (
     MAX_MESSAGES_PER_SECOND,
     UNIQUE_PEOPLE_PERIOD,
     Limits,
+    hour_window,
     minute_window,
     second_window,
 )
@@ -139,18 +140,20 @@ async def count(
     since = now - UNIQUE_PEOPLE_PERIOD
     if state.conversation_start is not None and state.conversation_start > since:
         return  # counted in this period already (a start only ever moves forward)
-    started = await store.start_conversation(conn, business_id, person_id, now, since)
-    if not started or limits.unique_people is None:
+    if not await store.start_conversation(conn, business_id, person_id, now, since):
         return
-    people, oldest = await store.recent_conversations(conn, business_id, since)
-    if people > limits.unique_people:
+    # Counted whatever the tier: a tier set later judges the day so far.
+    await store.count_conversation(conn, business_id, hour_window(now.timestamp()))
+    limit = limits.unique_people
+    if limit is None:
+        return
+    if await store.people_since(conn, business_id, since, exact_above=limit) > limit:
+        oldest = await store.oldest_start(conn, business_id, since)
         wait = (oldest + UNIQUE_PEOPLE_PERIOD - now).total_seconds() if oldest else 1.0
         raise ResourceExhausted(
             "UNIQUE_PEOPLE_LIMITED",
-            f"business {business_id} may start conversations with {limits.unique_people} "
+            f"business {business_id} may start conversations with {limit} "
             "people per 24 hours outside a window",
-            quota_violations=[
-                (f"business:{business_id}", f"{limits.unique_people} unique people per 24 hours")
-            ],
+            quota_violations=[(f"business:{business_id}", f"{limit} unique people per 24 hours")],
             retry_after=max(0.001, wait),
         )

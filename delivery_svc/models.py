@@ -177,3 +177,15 @@ class ConversationStart(Base):
     business_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     person_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     start_time: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class ConversationCount(Base):
+    """How many conversations a business started in one hour (`hour_start`: epoch seconds).
+    The unique-people limit sums a day of these, where counting the day's conversation_starts
+    took 12 ms at 100,000 people on PostgreSQL (1.5 ms at 10,000), for every new conversation,
+    inside the group commit (limits.count)."""
+
+    __tablename__ = "conversation_counts"
+    business_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hour_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, nullable=False)

@@ -130,3 +130,7 @@ def second_window(epoch_seconds: float) -> int:
 
 def minute_window(epoch_seconds: float) -> int:
     return int(epoch_seconds // 60) * 60
+
+
+def hour_window(epoch_seconds: float) -> int:
+    return int(epoch_seconds // 3600) * 3600

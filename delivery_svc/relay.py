@@ -28,7 +28,7 @@ from bizmsg.kit.storage import Database
 from delivery_svc import store
 from delivery_svc.dependencies import ChargeRequest, Dependencies, is_retryable
 from delivery_svc.notify import OUTBOX, Notifier, status_key
-from delivery_svc.policy import Status, minute_window
+from delivery_svc.policy import UNIQUE_PEOPLE_PERIOD, Status, hour_window, minute_window
 from delivery_svc.statuses import record_moves
 
 log = logging.getLogger("delivery.relay")
@@ -134,10 +134,12 @@ class Relay:
         an indexed read finds some."""
         now = self.clock.now()
         counters_before = minute_window(now.timestamp()) - 60  # a minute is the longest window
+        # Hours the unique-people limit no longer sums (store.people_since).
+        hours_before = hour_window((now - UNIQUE_PEOPLE_PERIOD).timestamp())
         async with self.db.read() as s:
             conn = await s.connection()
             due = await store.due_for_expiry(conn, Status.MESSAGE_STATUS_ACCEPTED, now, BATCH)
-            cleanup = await store.cleanup_due(conn, now, counters_before)
+            cleanup = await store.cleanup_due(conn, now, counters_before, hours_before)
         moved: set[str] = set()
         if due:
             async with self.db.write() as s:
@@ -180,4 +182,5 @@ class Relay:
             async with self.db.write() as s:
                 await store.delete_expired_envelopes(s, now)
                 await store.drop_counters_before(s, counters_before)
+                await store.drop_conversation_counts_before(s, hours_before)
         return len(moved)

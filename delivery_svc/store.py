@@ -12,7 +12,7 @@ import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -37,6 +37,7 @@ from bizmsg.kit.prepared import Prepared, Tally, defers
 from bizmsg.kit.storage import UTCDateTime
 from delivery_svc.models import (
     BusinessLimits,
+    ConversationCount,
     ConversationStart,
     Device,
     Envelope,
@@ -48,6 +49,7 @@ from delivery_svc.models import (
     StatusEvent,
     idempotency_keys,
 )
+from delivery_svc.policy import hour_window
 
 # A result row of any shape (its columns are read by name).
 Record = Row[*tuple[Any, ...]]
@@ -132,6 +134,18 @@ def _start_conversation(insert: Any) -> Any:
     )
 
 
+def _count_conversation(insert: Any) -> Any:
+    return (
+        insert(ConversationCount)
+        .values(business_id=bindparam("business_id"), hour_start=bindparam("hour_start"), count=1)
+        .on_conflict_do_update(
+            index_elements=["business_id", "hour_start"],
+            set_={"count": ConversationCount.count + 1},
+        )
+        .returning(ConversationCount.count)
+    )
+
+
 def _prepared(build: Callable[[Any], Any]) -> Prepared:
     return Prepared(build(sqlite.insert), postgresql=build(postgresql.insert))
 
@@ -155,6 +169,35 @@ _COUNTS = Tally(
     "count",
 )
 _P_START_CONVERSATION = _prepared(_start_conversation)
+_P_COUNT_CONVERSATION = _prepared(_count_conversation)
+# A business's new conversations of one hour: counted in memory within a group commit.
+_HOURS = Tally(
+    Prepared(
+        update(ConversationCount)
+        .where(
+            (ConversationCount.business_id == bindparam("business"))
+            & (ConversationCount.hour_start == bindparam("hour"))
+        )
+        .values(count=bindparam("n"))
+    ),
+    ("business", "hour"),
+    "n",
+)
+_P_HOURS_SINCE = Prepared(
+    select(ConversationCount.hour_start, ConversationCount.count).where(
+        (ConversationCount.business_id == bindparam("business_id"))
+        & (ConversationCount.hour_start >= bindparam("since_hour"))
+    )
+)
+_STARTED_AFTER = (ConversationStart.business_id == bindparam("business_id")) & (
+    ConversationStart.start_time > bindparam("after", type_=UTCDateTime())
+)
+_P_STARTS_BEFORE = Prepared(
+    select(func.count()).where(
+        _STARTED_AFTER & (ConversationStart.start_time < bindparam("before", type_=UTCDateTime()))
+    )
+)
+_P_OLDEST_START = Prepared(select(func.min(ConversationStart.start_time)).where(_STARTED_AFTER))
 _P_INSERT_MESSAGE = Prepared(_INSERT_MESSAGE)
 _P_INSERT_ENVELOPES = Prepared(_INSERT_ENVELOPES)
 _P_INSERT_EVENTS = Prepared(_INSERT_EVENTS)
@@ -480,15 +523,51 @@ async def drop_counters_before(session: AsyncSession, window_start: int) -> None
     await session.execute(delete(RateCounter).where(RateCounter.window_start < window_start))
 
 
-async def recent_conversations(
-    conn: AsyncConnection, business_id: str, since: datetime
-) -> tuple[int, datetime | None]:
-    """How many people the business started conversations with since `since`, and the oldest."""
-    q = select(func.count(), func.min(ConversationStart.start_time)).where(
-        ConversationStart.business_id == business_id, ConversationStart.start_time > since
-    )
-    count, oldest = (await conn.execute(q)).one()
-    return int(count), oldest
+async def count_conversation(conn: AsyncConnection, business_id: str, hour: int) -> None:
+    """Counts a new conversation of the business in the hour starting at `hour` (epoch s)."""
+    key = (business_id, hour)
+    if _HOURS.add(conn, key) is None:
+        params = {"business_id": business_id, "hour_start": hour}
+        (count,) = await _P_COUNT_CONVERSATION.first(conn, params)
+        _HOURS.hold(conn, key, int(count))
+
+
+async def people_since(
+    conn: AsyncConnection, business_id: str, since: datetime, *, exact_above: int
+) -> int:
+    """How many people the business started conversations with after `since`, from its hourly
+    counts (count_conversation). The hour `since` falls in also counts its starts before
+    `since`, so the sum is an upper bound; when it is above `exact_above`, that hour's starts
+    after `since` are counted instead (an index range of one hour of conversation_starts), and
+    the figure is exact. A person counts once: a conversation starts again only after the
+    period, from an hour that is over by then."""
+    since_hour = hour_window(since.timestamp())
+    rows = await _P_HOURS_SINCE.rows(conn, {"business_id": business_id, "since_hour": since_hour})
+    hours: dict[int, int] = {}
+    for hour, count in rows:
+        # This group commit's count, where it holds one, is newer than the row.
+        held = _HOURS.held(conn, (business_id, hour))
+        hours[int(hour)] = int(count) if held is None else held
+    people = sum(hours.values())
+    if people > exact_above and since_hour in hours:
+        params = {
+            "business_id": business_id,
+            "after": since,
+            "before": datetime.fromtimestamp(since_hour + 3600, UTC),
+        }
+        (in_first_hour,) = await _P_STARTS_BEFORE.first(conn, params)
+        people += int(in_first_hour) - hours[since_hour]
+    return people
+
+
+async def oldest_start(conn: AsyncConnection, business_id: str, since: datetime) -> datetime | None:
+    """The business's oldest conversation start after `since` (one index probe)."""
+    row = await _P_OLDEST_START.first(conn, {"business_id": business_id, "after": since})
+    return None if row is None else row[0]
+
+
+async def drop_conversation_counts_before(session: AsyncSession, hour: int) -> None:
+    await session.execute(delete(ConversationCount).where(ConversationCount.hour_start < hour))
 
 
 async def start_conversation(
@@ -713,18 +792,24 @@ async def due_for_expiry(
     return [str(m) for m in (await conn.execute(q)).scalars()]
 
 
-async def cleanup_due(conn: AsyncConnection, now: datetime, counters_before: int) -> bool:
-    """Whether expired ciphertext or stale rate counters are waiting to be deleted (two index
-    probes, so an idle sweep does not take the write lock)."""
+async def cleanup_due(
+    conn: AsyncConnection, now: datetime, counters_before: int, hours_before: int
+) -> bool:
+    """Whether expired ciphertext, stale rate counters or hourly conversation counts older
+    than the unique-people period are waiting to be deleted (index probes, so an idle sweep
+    does not take the write lock)."""
     q = select(
         select(literal(1)).where(Envelope.expire_time <= now).limit(1).scalar_subquery(),
         select(literal(1))
         .where(RateCounter.window_start < counters_before)
         .limit(1)
         .scalar_subquery(),
+        select(literal(1))
+        .where(ConversationCount.hour_start < hours_before)
+        .limit(1)
+        .scalar_subquery(),
     )
-    expired, stale = (await conn.execute(q)).one()
-    return bool(expired or stale)
+    return any((await conn.execute(q)).one())
 
 
 # --- outbox ----------------------------------------------------------------------------------

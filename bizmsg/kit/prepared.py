@@ -307,6 +307,13 @@ class Tally:
         held[1] += 1
         return held[0]
 
+    def held(self, conn: AsyncConnection, key: tuple[Any, ...]) -> int | None:
+        """`key`'s count as held in this group commit (None when none is held): newer than the
+        row, for a caller that reads the row with a statement of its own."""
+        batch = _deferring.get(id(conn))
+        held = None if batch is None else batch.tallies.get((self, key))
+        return None if held is None else held[0]
+
     def hold(self, conn: AsyncConnection, key: tuple[Any, ...], count: int) -> None:
         """`key`'s count as the upsert just returned it, held for later adds in this group
         commit (nothing is held outside one)."""

@@ -48,9 +48,10 @@ BACKGROUND = {"outbox-relay", "expiry-sweep"}
 # Send: the recipient's devices with the limits and the idempotency replay (one read); the
 # idempotency record, the sender's sequence number, the counters, message, envelope,
 # ACCEPTED event (write). The first message to a person (outside a window) also records the
-# conversation start and, on a limited tier (the default, 250), counts the day's others.
+# conversation start, counts it in its hour and, on a limited tier (the default, 250), sums
+# the day's hours (store.people_since).
 SEND = {"sqlite": 7, "postgresql": 7}
-FIRST_SEND = {"sqlite": 9, "postgresql": 9}
+FIRST_SEND = {"sqlite": 10, "postgresql": 10}
 # Ack: the idempotency replay, the waiting messages, the sender locked, envelopes deleted,
 # status moved, DELIVERED event, sender's sequence, CAPTURE outbox row, idempotency record.
 ACK = {"sqlite": 9, "postgresql": 9}
