@@ -186,7 +186,10 @@ class Statement:
         return out
 
 
+# By the parts' statements and keys; a service makes a few dozen (which statements a batch
+# defers varies), but nothing else bounds them: past this many the cache starts again.
 _statements: dict[tuple[Any, ...], Statement] = {}
+_MOST_STATEMENTS = 512
 
 
 def plan(parts: Sequence[Part]) -> tuple[list[tuple[Statement, list[Part]]], list[Part]]:
@@ -212,6 +215,8 @@ def plan(parts: Sequence[Part]) -> tuple[list[tuple[Statement, list[Part]]], lis
         key = tuple((p.key, p.distinct) for p, _ in taken)
         statement = _statements.get(key)
         if statement is None:
+            if len(_statements) >= _MOST_STATEMENTS:
+                _statements.clear()
             statement = _statements[key] = _compile([(p, s) for p, s in taken])
         out.append((statement, [p for p, _ in taken]))
     return out, alone
