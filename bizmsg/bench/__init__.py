@@ -1,8 +1,9 @@
 """`bizmsg bench`: SendMessage end to end against a null pipeline of the same shape (and a kit
 pipeline: the same hops through bizmsg's framework with empty handlers), plus CheckConsent,
 AuthorizeCharge and ServeAd alone, under h2load, with a fixed concurrency sweep.
-`bizmsg bench --scale` instead runs the three per-service scale benchmarks (1,000,000 consents,
-1,000,000 transfers, 10,000 campaigns) and prints their figures in one table."""
+`bizmsg bench --scale` instead runs the per-service scale benchmarks (1,000,000 consents,
+1,000,000 transfers, 99,000 people messaged in a day, 10,000 campaigns) and prints their
+figures in one table."""
 
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scale",
         action="store_true",
-        help="instead: the per-service scale benchmarks (consent, billing, ads) at the issues' "
-        "sizes, in one table; takes --database-url, --json and --scale-size only",
+        help="instead: the per-service scale benchmarks (consent, billing, delivery, ads) at "
+        "the issues' sizes, in one table; takes --database-url, --json and --scale-size only",
     )
     p.add_argument(
         "--scale-size",

@@ -1,7 +1,9 @@
 """`bizmsg bench --scale`: the capability issues' scale figures in one run and one table.
 
 CheckConsent with 1,000 vs 1,000,000 consent records, an authorize+capture pair on an empty
-ledger vs one of 1,000,000 transfers, and ServeAd with 10 vs 10,000 campaigns. Each service's
+ledger vs one of 1,000,000 transfers, SendMessage to a new person when the business messaged
+250 vs 99,000 people today (its tier's unique-people limit counts them), and ServeAd with 10
+vs 10,000 campaigns. Each service's
 own benchmark runs as a subprocess (a fresh interpreter each, so none inherits another's
 seeded memory or threads) and writes its figures with --json; this module picks the sizes and
 the database, gathers the figures, computes the large/small ratios and judges them against
@@ -75,6 +77,13 @@ BENCHES = (
         "transfers",
         "billing_svc.bench",
         {"full": ("--transfers", "1000000"), "small": ("--transfers", "1000", "--pairs", "160")},
+    ),
+    ScaleBench(
+        "delivery",
+        "SendMessage to a new person",
+        "people messaged today",
+        "delivery_svc.bench_people",
+        {"full": ("--sizes", "250,99000"), "small": ("--sizes", "50,500", "--sends", "100")},
     ),
     ScaleBench(
         "ads",
@@ -288,7 +297,7 @@ def table(report: dict[str, Any]) -> str:
         "per s: calls (billing: authorize+capture pairs) per second. Ratios: per s small/large,",
         "the others large/small, so above 1 is worse at the large size. A bench passes when per s,",
         f"p50 and p99 are all within {TARGET}x. CPU ms: CPU of the bench's whole process (service",
-        "and load threads) per call; consent's and ads' benches measure it.",
+        "and load threads) per call (consent, ads), or of the delivery process (delivery).",
     ]
     return "\n".join(lines)
 
