@@ -155,7 +155,8 @@ class Counted:
         return Counter({s: c for s, c in json.loads(path.read_text())})
 
 
-async def _gather(n: int, concurrency: int, call: Callable[[int], Awaitable[Any]]) -> None:
+async def call_all(n: int, concurrency: int, call: Callable[[int], Awaitable[Any]]) -> None:
+    """`call(0)` to `call(n - 1)`, `concurrency` at a time."""
     queue = iter(range(n))
 
     async def worker() -> None:
@@ -169,14 +170,22 @@ def _person(i: int) -> str:
     return f"bp{i}"
 
 
-async def _seed(stub: delivery_pb2_grpc.DeliveryServiceStub, people: int) -> None:
+async def seed_people(
+    stub: delivery_pb2_grpc.DeliveryServiceStub,
+    people: int,
+    *,
+    tier: delivery_pb2.MessagingTier.ValueType = delivery_pb2.MESSAGING_TIER_UNLIMITED,
+    person: Callable[[int], str] = _person,
+) -> None:
+    """BUSINESS on `tier` (1,000 messages a second), and `people` people (user ids
+    `person(i)`) with a published device each."""
     await stub.UpdateMessagingLimits(
         delivery_pb2.UpdateMessagingLimitsRequest(
             request_id=str(uuid.uuid4()),
             limits=delivery_pb2.MessagingLimits(
                 business_id=BUSINESS,
                 messages_per_second=1000,
-                tier=delivery_pb2.MESSAGING_TIER_UNLIMITED,
+                tier=tier,
             ),
         ),
         metadata=metadata_for("admin"),
@@ -194,10 +203,10 @@ async def _seed(stub: delivery_pb2_grpc.DeliveryServiceStub, people: int) -> Non
                 ),
                 country_code="DE",
             ),
-            metadata=metadata_for(f"user:{_person(i)}"),
+            metadata=metadata_for(f"user:{person(i)}"),
         )
 
-    await _gather(people, 8, publish)
+    await call_all(people, 8, publish)
 
 
 def _phase(
@@ -242,7 +251,7 @@ async def _drive(
     people = max(1, min(sends, 200))
     async with grpc.aio.insecure_channel(target) as channel:
         stub = delivery_pb2_grpc.DeliveryServiceStub(channel)
-        await _seed(stub, people)
+        await seed_people(stub, people)
         business = metadata_for(f"business:{BUSINESS}")
         person_md = {i: metadata_for(f"user:{_person(i)}") for i in range(people)}
         sent: list[tuple[int, str]] = []
@@ -276,7 +285,7 @@ async def _drive(
             delivery.statements()
             spy = _spy(delivery.pid, profile / f"{name}.txt", n / 60) if profile else None
             cpu0, t0 = delivery.cpu(), time.monotonic()
-            await _gather(n, concurrency, call)
+            await call_all(n, concurrency, call)
             if name == "ack":
                 await deps.billing.all_captured(n)
             t1 = time.monotonic()

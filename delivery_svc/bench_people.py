@@ -29,13 +29,12 @@ import grpc
 from sqlalchemy import insert, inspect, text
 
 from bizmsg.bench.procs import cpu_seconds
-from bizmsg.bench.seed import DeviceKeys
 from bizmsg.common.v1 import common_pb2
 from bizmsg.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 from bizmsg.kit.processes import ServiceProcess
 from bizmsg.kit.storage import Database, postgres_execute, postgres_url
 from bizmsg.kit.testing import metadata_for
-from delivery_svc.bench import BUSINESS, DEVICE, NullDependencies, _gather
+from delivery_svc.bench import BUSINESS, DEVICE, NullDependencies, call_all, seed_people
 from delivery_svc.models import ConversationCount, ConversationStart
 from delivery_svc.policy import hour_window
 
@@ -70,40 +69,14 @@ async def seed_day(url: str, people: int, now: datetime) -> None:
         await db.dispose()
 
 
-async def _prepare(stub: delivery_pb2_grpc.DeliveryServiceStub, people: int) -> None:
-    await stub.UpdateMessagingLimits(
-        delivery_pb2.UpdateMessagingLimitsRequest(
-            request_id=str(uuid.uuid4()),
-            limits=delivery_pb2.MessagingLimits(
-                business_id=BUSINESS,
-                messages_per_second=1000,
-                tier=delivery_pb2.MESSAGING_TIER_100K,
-            ),
-        ),
-        metadata=metadata_for("admin"),
-    )
-    keys = DeviceKeys.generate()
-
-    async def publish(i: int) -> None:
-        await stub.PublishKeys(
-            delivery_pb2.PublishKeysRequest(
-                request_id=str(uuid.uuid4()),
-                device_id=DEVICE,
-                identity_key=keys.identity_key,
-                signed_pre_key=delivery_pb2.SignedPreKey(
-                    public_key=keys.signed_pre_key, signature=keys.signature
-                ),
-                country_code="DE",
-            ),
-            metadata=metadata_for(f"user:new{i}"),
-        )
-
-    await _gather(people, 8, publish)
+def _new_person(i: int) -> str:
+    return f"new{i}"
 
 
 async def _people(target: str, people: int) -> None:
     async with grpc.aio.insecure_channel(target) as channel:
-        await _prepare(delivery_pb2_grpc.DeliveryServiceStub(channel), people)
+        stub = delivery_pb2_grpc.DeliveryServiceStub(channel)
+        await seed_people(stub, people, tier=delivery_pb2.MESSAGING_TIER_100K, person=_new_person)
 
 
 async def _send_to_new_people(
@@ -119,7 +92,7 @@ async def _send_to_new_people(
             await stub.SendMessage(
                 delivery_pb2.SendMessageRequest(
                     request_id=str(uuid.uuid4()),
-                    recipient=f"user:new{i}",
+                    recipient=f"user:{_new_person(i)}",
                     category=common_pb2.CATEGORY_MARKETING,
                     sender_device_id="api",
                     envelopes=[delivery_pb2.DeviceEnvelope(device_id=DEVICE, ciphertext=b"c" * 64)],
@@ -129,7 +102,7 @@ async def _send_to_new_people(
             latencies.append(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
-        await _gather(sends, concurrency, send)
+        await call_all(sends, concurrency, send)
         return latencies, time.perf_counter() - t0
 
 
