@@ -29,7 +29,7 @@ again work by work, deferring nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,7 @@ class _Shape:
     per_row: dict[str, TypeEngine[Any]]  # parameters bound as arrays, with their types
     scalar: tuple[str, ...]  # parameters bound once (the same for every row)
     conflict: tuple[str, ...]  # the parameters that name a DO UPDATE's key
-    build: Any  # (prefix) -> the rewritten statement, its parameters named prefix + name
+    build: Callable[[str], Any]  # (prefix) -> the statement, its parameters named prefix + name
 
 
 def _binds(element: Any) -> list[BindParameter[Any]]:
@@ -80,6 +80,8 @@ def _typed(column: Any, expr: Any) -> dict[str, TypeEngine[Any]]:
 
 
 def _shape(stmt: Any, names: Sequence[str], distinct: bool) -> _Shape | None:
+    """`stmt` (its parameters `names`) rewritten to take its rows as arrays, or None when it
+    cannot be (see the module's docstring)."""
     if getattr(stmt, "_returning", ()) or not isinstance(stmt, (Insert, Update)):
         return None
     table = stmt.table
@@ -243,7 +245,3 @@ def _compile(taken: Sequence[tuple[Part, _Shape]]) -> Statement:
         at = part.names.index(own)
         slots.append((number, at, own in shape.per_row))
     return Statement(str(compiled), tuple(slots))
-
-
-def as_rows(names: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
-    return [tuple(r[n] for n in names) for r in rows]
