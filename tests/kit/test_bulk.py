@@ -174,6 +174,24 @@ def test_two_changes_to_one_table_go_in_statements_of_their_own(database_url: st
     on_tables(database_url, body)
 
 
+def test_an_upsert_sees_a_row_an_earlier_statement_inserted(database_url: str) -> None:
+    """A plain insert and an upsert of the same key: row by row the upsert finds the row and
+    counts on; in one statement it would not see it (and fail on its key), so they go apart."""
+    insert_count = Prepared(COUNTS.insert())
+
+    async def body(db: Database) -> None:
+        async def defer(conn: AsyncConnection) -> None:
+            await insert_count.execute_later(conn, [{"key": "k", "n": 3}])
+            await BUMP.execute_later(conn, [{"key": "k", "limit": 5}])
+
+        sent = await _flush(db, defer)
+        if db.dialect == "postgresql":
+            assert len(sent) == 2, sent
+        assert await _rows(db, COUNTS) == [("k", 4)]
+
+    on_tables(database_url, body)
+
+
 @pytest.mark.parametrize(
     "rows, expected",
     [
