@@ -186,6 +186,9 @@ class ConversationCount(Base):
     inside the group commit (limits.count)."""
 
     __tablename__ = "conversation_counts"
+    # The expiry sweep probes for hours past the period every second: by this index, not a
+    # scan of every business's hours (the primary key leads with the business).
+    __table_args__ = (Index("ix_conversation_counts_hour", "hour_start"),)
     business_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     hour_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     count: Mapped[int] = mapped_column(Integer, nullable=False)

@@ -168,6 +168,12 @@ def test_migration_0004_counts_the_starts_already_kept(database_url: str) -> Non
                 await conn.run_sync(_to, "0004")
                 rows = await conn.execute(select(ConversationCount))
                 counts = {(b, int(h)): int(c) for b, h, c in rows}
+                indexes = await conn.run_sync(
+                    lambda c: inspect(c).get_indexes("conversation_counts")
+                )
+            assert [(ix["name"], ix["column_names"]) for ix in indexes] == [
+                ("ix_conversation_counts_hour", ["hour_start"])
+            ]
             hour = int(T0.timestamp())
             assert counts == {
                 ("shop", hour): 2,

@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("hour_start", sa.BigInteger, primary_key=True),
         sa.Column("count", sa.Integer, nullable=False),
     )
+    op.create_index("ix_conversation_counts_hour", "conversation_counts", ["hour_start"])
     hour = _HOUR[op.get_bind().dialect.name]
     op.execute(
         "INSERT INTO conversation_counts (business_id, hour_start, count) "
