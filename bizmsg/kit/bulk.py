@@ -52,7 +52,7 @@ class Part:
     stmt: Any  # the statement for PostgreSQL
     sql: str  # as compiled, for writing the rows one by one
     names: tuple[str, ...]  # its parameters, in the order of `rows`' values
-    rows: list[tuple[Any, ...]]  # each row's parameter values, processed for the driver
+    rows: list[list[Any]]  # each row's parameter values, processed for the driver
     key: Any  # what identifies the statement and its parameters, for the cache
     distinct: bool = False
 

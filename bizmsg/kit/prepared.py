@@ -158,13 +158,20 @@ class Prepared:
         c, args = self._prepare(dialect, params)
         return int(await _run(conn, dialect, c.sql, args, "count"))
 
+    def _prepare_rows(
+        self, dialect: str, rows: Sequence[Mapping[str, Any]]
+    ) -> tuple[_Compiled, list[list[Any]]]:
+        """The statement for rows with the same keys (the first's), and each row's values."""
+        c, first = self._prepare(dialect, rows[0])
+        return c, [first, *(self._prepare(dialect, r)[1] for r in rows[1:])]
+
     async def execute_many(self, conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Runs the statement once per row (all rows with the same keys)."""
         if not rows:
             return
         dialect = conn.sync_engine.dialect.name
-        c, _ = self._prepare(dialect, rows[0])
-        await _run(conn, dialect, c.sql, [self._prepare(dialect, r)[1] for r in rows], "many")
+        c, values = self._prepare_rows(dialect, rows)
+        await _run(conn, dialect, c.sql, values, "many")
 
     async def write(self, conn: AsyncConnection, row: Mapping[str, Any], *, later: bool) -> None:
         """Runs a write for one row: at once, or with `later` as execute_later does (only for a
@@ -269,15 +276,14 @@ async def _write_together(
     rest row by row."""
     parts = []
     for prepared, rows, distinct in writes:
-        c, _ = prepared._prepare("postgresql", rows[0])
-        values = [tuple(prepared._prepare("postgresql", row)[1]) for row in rows]
+        c, values = prepared._prepare_rows("postgresql", rows)
         stmt = prepared._stmts["postgresql"]
         parts.append(bulk.Part(stmt, c.sql, c.names, values, (prepared, c.names), distinct))
     statements, alone = bulk.plan(parts)
     for statement, its_parts in statements:
         await _run(conn, "postgresql", statement.sql, statement.args(its_parts), "count")
     for part in alone:
-        await _run(conn, "postgresql", part.sql, [list(v) for v in part.rows], "many")
+        await _run(conn, "postgresql", part.sql, part.rows, "many")
 
 
 class Tally:
