@@ -8,7 +8,7 @@ Every send starts a conversation, which the unique-people limit counts (limits.c
 runs as a real process with consent and billing answering at once (delivery_svc.bench), on a
 fresh SQLite file per size, or a fresh database on the PostgreSQL server given (dropped after).
 The day's earlier conversations are seeded in bulk with SQL (spread over the last 23 hours),
-with their hourly counts when the schema has them. Each size prints one JSON line; --json
+with their hourly counts. Each size prints one JSON line; --json
 writes them all (`bizmsg bench --scale` reads it). The CPU per call is the delivery process's.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from sqlalchemy import insert, inspect, text
+from sqlalchemy import insert, text
 
 from bizmsg.bench.procs import cpu_seconds
 from bizmsg.common.v1 import common_pb2
@@ -55,12 +55,10 @@ async def seed_day(url: str, people: int, now: datetime) -> None:
         async with db.engine.begin() as conn:
             for i in range(0, people, 10_000):
                 await conn.execute(insert(ConversationStart), rows[i : i + 10_000])
-            tables = await conn.run_sync(lambda c: inspect(c).get_table_names())
-            if "conversation_counts" in tables:  # a tree before them has none
-                counts = [
-                    {"business_id": BUSINESS, "hour_start": h, "count": n} for h, n in hours.items()
-                ]
-                await conn.execute(insert(ConversationCount), counts)
+            counts = [
+                {"business_id": BUSINESS, "hour_start": h, "count": n} for h, n in hours.items()
+            ]
+            await conn.execute(insert(ConversationCount), counts)
         if db.dialect == "postgresql":  # as autovacuum would, a while into a real day
             autocommit = db.engine.execution_options(isolation_level="AUTOCOMMIT")
             async with autocommit.connect() as conn:

@@ -3,11 +3,10 @@
 CheckConsent with 1,000 vs 1,000,000 consent records, an authorize+capture pair on an empty
 ledger vs one of 1,000,000 transfers, SendMessage to a new person when the business messaged
 250 vs 99,000 people today (its tier's unique-people limit counts them), and ServeAd with 10
-vs 10,000 campaigns. Each service's
-own benchmark runs as a subprocess (a fresh interpreter each, so none inherits another's
-seeded memory or threads) and writes its figures with --json; this module picks the sizes and
-the database, gathers the figures, computes the large/small ratios and judges them against
-the 1.2x target.
+vs 10,000 campaigns. Each service's own benchmark runs as a subprocess (a fresh interpreter
+each, so none inherits another's seeded memory or threads) and writes its figures with --json;
+this module picks the sizes and the database, gathers the figures, computes the large/small
+ratios and judges them against the 1.2x target.
 """
 
 from __future__ import annotations
