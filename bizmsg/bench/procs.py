@@ -114,6 +114,26 @@ def cpu_seconds(pid: int) -> float | None:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def machine_ticks() -> tuple[int, int]:
+    """The machine's CPU ticks so far, (stolen, all), from /proc/stat: stolen is time the
+    hypervisor ran another guest while this one had work; (0, 0) where there is no
+    /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return 0, 0
+    # cpu user nice system idle iowait irq softirq steal (guest time is inside user)
+    ticks = [int(x) for x in fields[1:9]]
+    return ticks[7], sum(ticks)
+
+
+def stolen_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the CPUs' time the hypervisor took between two machine_ticks()."""
+    total = after[1] - before[1]
+    return round(100 * (after[0] - before[0]) / total, 1) if total > 0 else 0.0
+
+
 # The command name of PostgreSQL's processes (the server's, not a client's).
 DATABASE_PROCESS = "postgres"
 

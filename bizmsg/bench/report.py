@@ -117,6 +117,7 @@ def figures(out: Outcome, quick: bool) -> dict[str, Any]:
             "cpus": _cpus(),
             "load_before": [round(x, 2) for x in out.load_before],
             "load_after": [round(x, 2) for x in out.load_after],
+            "stolen_pct": out.stolen_pct,
             "python": platform.python_version(),
             "grpcio": version("grpcio"),
             "kernel": platform.release(),
@@ -187,7 +188,7 @@ def _cell(x: float | None, fmt: str) -> str:
 def table(out: Outcome, fig: dict[str, Any]) -> str:
     head = (
         f"{'scenario':<10}{'conc':>5}{'calls/s':>9}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}"
-        f"{'ok %':>7}{'gen cpu':>8}  service CPU ms per call / peak RSS MB"
+        f"{'ok %':>7}{'gen cpu':>8}{'stolen':>8}  service CPU ms per call / peak RSS MB"
     )
     lines = [head, "-" * len(head)]
     for res in out.scenarios.values():
@@ -253,7 +254,8 @@ def table(out: Outcome, fig: dict[str, Any]) -> str:
     m = fig["machine"]
     lines.append(
         f"machine: {m['cpus']} CPUs, load average {m['load_before'][0]:.2f} before / "
-        f"{m['load_after'][0]:.2f} after; database {fig['database']}; {fig['seconds']:.0f} s"
+        f"{m['load_after'][0]:.2f} after, {m['stolen_pct']:.1f} % of the CPUs' time taken by the "
+        f"hypervisor; database {fig['database']}; {fig['seconds']:.0f} s"
     )
     if fig["soak"]:
         s = fig["soak"]
@@ -286,7 +288,7 @@ def _row(key: str, p: Point) -> str:
     return (
         f"{key:<10}{p.concurrency:>5}{p.rps:>9.0f}{_cell(p.p50_ms, '.1f'):>8}"
         f"{_cell(p.p95_ms, '.1f'):>8}{_cell(p.p99_ms, '.1f'):>8}{100 * p.ok_fraction:>7.1f}"
-        f"{100 * share:>7.0f}%  {svc}{note}"
+        f"{100 * share:>7.0f}%{p.stolen_pct:>7.1f}%  {svc}{note}"
     )
 
 

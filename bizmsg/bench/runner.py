@@ -37,12 +37,13 @@ class Plan:
     soak_minutes: float = 0.0
     scenarios: tuple[str, ...] = tuple(s.key for s in SCENARIOS)
     # A pipeline's point is measured in this many slices of duration/slices seconds, taken in
-    # turn with the other pipelines' slices at the same concurrency (see Runner.run).
+    # rounds over every level and pipeline (see Runner.run).
     slices: int = 1
 
     def runs(self) -> int:
+        """h2load runs of the whole plan (each pipeline point is `slices` of them)."""
         return sum(
-            len(self.levels if s.pipeline else self.single_levels)
+            len(self.levels) * self.slices if s.pipeline else len(self.single_levels)
             for s in SCENARIOS
             if s.key in self.scenarios
         )
@@ -76,6 +77,7 @@ class Point:
     peak_rss_mb: dict[str, float]
     profile: dict[str, Any] | None = None  # with --profile: SQL per call and CPU hot spots
     slices: int = 1  # h2load runs it was measured in (Plan.slices)
+    stolen_pct: float = 0.0  # of the CPUs' time during its runs, taken by the hypervisor
 
 
 @dataclass
@@ -114,6 +116,7 @@ class Outcome:
     loadgen_version: str
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
+    stolen_pct: float  # of the CPUs' time over the whole run, taken by the hypervisor
     seconds: float
     errors_logged: list[str]
     stop_problems: list[str]
@@ -147,6 +150,7 @@ class Runner:
     def run(self, progress: Progress) -> Outcome:
         started = time.monotonic()
         load_before = os.getloadavg()
+        ticks_before = procs.machine_ticks()
         version = _h2load_version()
         try:
             progress("starting services", 0)
@@ -180,17 +184,11 @@ class Runner:
                 self._settle()
             chosen = [sc for sc in SCENARIOS if sc.key in self.plan.scenarios]
             results = {sc.key: self._sampled(sc, progress) for sc in chosen}
-            # The pipelines take turns in slices of a few seconds at each level: on a machine
-            # whose speed drifts (a shared VM; seen here to change the CPU a call costs by 2x
-            # within a minute), their ratio then compares the same moments, not two stretches
-            # of ten seconds one after the other.
             pipelines = [sc for sc in chosen if sc.pipeline and not results[sc.key].error]
-            for level in self.plan.levels:
-                self._measure(pipelines, level, self.plan.slices, results, watch, progress)
+            self._sweep(pipelines, self.plan.levels, self.plan.slices, results, watch, progress)
             for sc in chosen:
                 if not sc.pipeline and not results[sc.key].error:
-                    for level in self.plan.single_levels:
-                        self._measure([sc], level, 1, results, watch, progress)
+                    self._sweep([sc], self.plan.single_levels, 1, results, watch, progress)
             soak = None
             send = results.get("send")
             if self.plan.soak_minutes > 0 and send is not None and send.peak() is not None:
@@ -212,6 +210,7 @@ class Runner:
             version,
             load_before,
             os.getloadavg(),
+            procs.stolen_pct(ticks_before, procs.machine_ticks()),
             time.monotonic() - started,
             errors,
             self.stack.stop_problems,
@@ -230,29 +229,39 @@ class Runner:
             progress(f"{sc.key}: skipped", len(self._levels(sc)))
         return result
 
-    def _measure(
+    def _sweep(
         self,
         scenarios: list[Scenario],
-        level: int,
+        levels: tuple[int, ...],
         slices: int,
         results: dict[str, ScenarioResult],
         watch: LogWatch,
         progress: Progress,
     ) -> None:
-        """One point per scenario at `level`, each measured in `slices` runs, the scenarios
-        taking turns. Profiling watches one unbroken window."""
+        """One point per scenario and level, each measured in `slices` runs taken in rounds:
+        every round runs each level once, and at each level each scenario in turn.
+
+        This machine is a shared VM whose speed drifts (the CPU a call costs has changed by 2x
+        within a minute, and the host steals a share of the CPUs that comes and goes). Taking
+        turns at a level makes the pipelines' ratio there compare the same moments; spreading
+        each level over the whole sweep makes the peaks of different levels compare the same
+        stretch of time too (swept level by level, the null pipeline once peaked at c=16 in
+        the sweep's second minute at 1,567/s and ran 916/s at c=128 in its fifth, where an
+        earlier run of the same tree gave 1,756/s). Profiling watches one unbroken window."""
         slices = 1 if self.profiler else slices
         seconds = max(1, self.plan.duration // slices)
-        taken: dict[str, list[_Slice]] = {sc.key: [] for sc in scenarios}
+        taken: dict[tuple[str, int], list[_Slice]] = {}
         for i in range(slices):
+            part = f" {i + 1}/{slices}" if slices > 1 else ""
+            for level in levels:
+                for sc in scenarios:
+                    progress(f"{sc.key} c={level}{part}", 0)
+                    one = self._slice(sc, level, watch, seconds)
+                    taken.setdefault((sc.key, level), []).append(one)
+                    progress(f"{sc.key} c={level}{part}: {one.result.rps:.0f}/s", 1)
+        for level in levels:
             for sc in scenarios:
-                part = f" {i + 1}/{slices}" if slices > 1 else ""
-                progress(f"{sc.key} c={level}{part}", 0)
-                taken[sc.key].append(self._slice(sc, level, watch, seconds))
-        for sc in scenarios:
-            point = _point(level, taken[sc.key])
-            results[sc.key].points.append(point)
-            progress(f"{sc.key} c={level}: {point.rps:.0f}/s", 1)
+                results[sc.key].points.append(_point(level, taken[(sc.key, level)]))
 
     def _settle(self) -> None:
         """Bring PostgreSQL to a running deployment's state before measuring: some sends
@@ -319,6 +328,7 @@ class Runner:
         database = self.database_url is not None and sc.target not in ("null", "kit")
         database_before = procs.cpu_by_name(procs.DATABASE_PROCESS) if database else {}
         mark = watch.mark()
+        ticks_before = procs.machine_ticks()
         null_before = self._null_stats() if sc.target == "null" else {}
         stored_before = self._stored(sc)
         load = self._load(
@@ -329,6 +339,8 @@ class Runner:
         if self.profiler and sc.target not in ("null", "kit"):
             spies = self.profiler.start(f"{sc.key}-c{level}", profiled, load.duration + load.warmup)
         r = loadgen.run(load, self.work_dir / "runs" / f"{sc.key}-{level}-{self.serial}", self.shim)
+        ticks_after = procs.machine_ticks()
+        ticks = (ticks_after[0] - ticks_before[0], ticks_after[1] - ticks_before[1])
         if sc.target == "null":
             after = self._null_stats()
             codes = {
@@ -353,7 +365,7 @@ class Runner:
         if database:
             cpu[procs.DATABASE_PROCESS] = procs.cpu_since(database_before, procs.DATABASE_PROCESS)
         rss = {n: procs.peak_rss_mb(p) or 0.0 for n, p in pids.items() if n in relevant}
-        return _Slice(r, codes, stored, cpu, rss, profile)
+        return _Slice(r, codes, stored, cpu, rss, profile, ticks)
 
     def _stored(self, sc: Scenario) -> int | None:
         if not sc.stored_in:
@@ -440,6 +452,7 @@ class _Slice:
     cpu_s: dict[str, float]
     peak_rss_mb: dict[str, float]
     profile: dict[str, Any] | None
+    ticks: tuple[int, int]  # the machine's (stolen, all) CPU ticks during the run
 
 
 def _point(level: int, slices: list[_Slice]) -> Point:
@@ -483,6 +496,9 @@ def _point(level: int, slices: list[_Slice]) -> Point:
         peak_rss_mb={n: round(mb, 1) for n, mb in rss.items()},
         profile=slices[-1].profile,
         slices=len(slices),
+        stolen_pct=procs.stolen_pct(
+            (0, 0), (sum(s.ticks[0] for s in slices), sum(s.ticks[1] for s in slices))
+        ),
     )
 
 

@@ -144,21 +144,36 @@ def test_levels_and_duration_replace_the_plans_sweep(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_slices_make_one_point_of_several_runs(tmp_path: Path) -> None:
     """A point measured in slices is one point: the calls, CPU and rows of every slice added
-    up, throughput over their measured time, percentiles of all their calls."""
+    up, throughput over their measured time, percentiles of all their calls. The slices go in
+    rounds over the levels, so that every level's point spans the whole sweep."""
     out = tmp_path / "bench.json"
-    argv = ["--quick", "--only", "null,kit", "--levels", "8", "--duration", "2", "--slices", "2"]
+    argv = ["--quick", "--only", "null,kit", "--levels", "4,8", "--duration", "2", "--slices", "2"]
     assert bench_main([*argv, "--json", str(out), "--work-dir", str(tmp_path / "w")]) == 0
     fig = json.loads(out.read_text())
     assert fig["plan"]["slices"] == 2
     for key in ("null", "kit"):
-        (point,) = fig["scenarios"][key]["points"]
-        assert point["slices"] == 2
-        assert point["ok_fraction"] == 1.0 and point["codes"]["OK"] >= point["requests"] > 0
-        assert 0 < point["p50_ms"] <= point["p95_ms"] <= point["p99_ms"]
-        assert point["rps"] > 0 and all(c > 0 for c in point["service_cpu_s"].values())
-    # Two h2load runs per pipeline, in turn: null, kit, null, kit.
+        points = fig["scenarios"][key]["points"]
+        assert [p["concurrency"] for p in points] == [4, 8]
+        for point in points:
+            assert point["slices"] == 2
+            assert point["ok_fraction"] == 1.0 and point["codes"]["OK"] >= point["requests"] > 0
+            assert 0 < point["p50_ms"] <= point["p95_ms"] <= point["p99_ms"]
+            assert point["rps"] > 0 and all(c > 0 for c in point["service_cpu_s"].values())
+            assert 0 <= point["stolen_pct"] <= 100
+    assert 0 <= fig["machine"]["stolen_pct"] <= 100
+    # Two rounds; in each, every level once, and at each level the pipelines in turn.
     runs = sorted((tmp_path / "w" / "runs").iterdir(), key=lambda d: int(d.name.rsplit("-", 1)[1]))
-    assert [d.name.split("-")[0] for d in runs] == ["null", "kit", "null", "kit"]
+    assert [d.name.rsplit("-", 1)[0] for d in runs] == ["null-4", "kit-4", "null-8", "kit-8"] * 2
+
+
+def test_stolen_share_of_the_machine_s_cpu_time() -> None:
+    """The hypervisor's share comes from /proc/stat's steal column, over all the ticks."""
+    from bizmsg.bench import procs
+
+    stolen, total = procs.machine_ticks()
+    assert 0 <= stolen <= total and total > 0
+    assert procs.stolen_pct((10, 1000), (30, 2000)) == 2.0
+    assert procs.stolen_pct((10, 1000), (10, 1000)) == 0.0  # no time passed
 
 
 @needs_h2load
