@@ -60,8 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         "--slices",
         type=int,
         default=0,
-        help="measure each pipeline point in this many slices, the pipelines taking turns at "
-        "each level (default: the plan's; 1 = one unbroken run each)",
+        help="measure each pipeline point in this many slices, taken in rounds over the levels "
+        "with the pipelines in turn at each (default: the plan's; 1 = one unbroken run each)",
     )
     p.add_argument("--work-dir", type=Path, help="keep databases, logs and h2load logs here")
     p.add_argument(
