@@ -1,7 +1,7 @@
 """Messaging limits of a business: per second, per business->person pair, unique people / 24 h.
 
 Read once, in the read transaction before consent and billing are asked (`precheck`, so an
-over-limit send costs nothing), with the recipient's devices (store.recipient_and_limits,
+over-limit send costs nothing), with the recipient's devices (store.RecipientReader,
 one statement). Counted exactly in the store transaction, with the sender's row locked
 (`count`): the counters are bumped with RETURNING and a count past its limit refuses the send,
 rolling the bump back with it (in a group commit of several sends, the pair's counter is

@@ -2,7 +2,8 @@
 
 Order for a business:
 - one single read: the recipient's devices and country with the business's limits and
-  counters and this request_id's stored answer, if any (store.recipient_and_limits);
+  counters and this request_id's stored answer, if any (store.RecipientReader; on PostgreSQL
+  the sends that arrive together read in one round trip);
 - CheckConsent, then AuthorizeCharge;
 - one write transaction, shared with the other sends of a group commit: the sender's next
   sequence number (which locks the sender) and the counters (bumped with RETURNING; past a
@@ -95,6 +96,7 @@ class Sending:
         self.deps = deps
         self.notifier = notifier
         self.limit_settings = limit_settings
+        self.recipients = store.RecipientReader(db)
         # Settlements of sends whose caller went away (kept referenced until they finish).
         self._settling: set[asyncio.Future[None]] = set()
 
@@ -105,22 +107,22 @@ class Sending:
         # answered, and the recipient with the limits' state (for a business, one statement
         # for both). They need not agree with each other; the limits are counted again in the
         # store transaction, and a concurrent twin is caught by the idempotency record there.
-        async with self.db.connect() as conn:
-            if out.business_sends:
-                recipient = await store.recipient_and_limits(
-                    conn,
-                    str(out.recipient),
-                    out.sender.id,
-                    out.recipient.id,
-                    limits.counters(out.sender.id, out.recipient.id, arrival),
-                    self.idem.key(METHOD, request),
-                )
-                devices, country, state = recipient.devices, recipient.country, recipient.limits
-                if recipient.answered is None:  # no device row carried the answer: ask alone
+        if out.business_sends:
+            recipient = await self.recipients.recipient_and_limits(
+                str(out.recipient),
+                out.sender.id,
+                out.recipient.id,
+                limits.counters(out.sender.id, out.recipient.id, arrival),
+                self.idem.key(METHOD, request),
+            )
+            devices, country, state = recipient.devices, recipient.country, recipient.limits
+            if recipient.answered is None:  # no device row carried the answer: ask alone
+                async with self.db.connect() as conn:
                     stored = await self.idem.lookup(conn, METHOD, request, Response)
-                else:
-                    stored = self.idem.stored(request, Response, *recipient.answered)
             else:
+                stored = self.idem.stored(request, Response, *recipient.answered)
+        else:
+            async with self.db.connect() as conn:
                 stored = await self.idem.lookup(conn, METHOD, request, Response)
                 if stored is None:
                     devices, country = await store.recipient_devices(conn, str(out.recipient))

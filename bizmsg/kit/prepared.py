@@ -25,8 +25,8 @@ from sqlalchemy.dialects.sqlite import aiosqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import Select
-from sqlalchemy.types import Float, Numeric, TypeEngine
+from sqlalchemy.sql import Select, bindparam
+from sqlalchemy.types import Float, Integer, Numeric, TypeEngine
 
 from bizmsg.kit import bulk, sqlite_inline
 
@@ -83,6 +83,18 @@ def _compile(stmt: Any, dialect: Dialect, keys: Sequence[str] | None) -> _Compil
     )  # fmt: skip
 
 
+def _made(c: _Compiled, raw: Sequence[Sequence[Any]]) -> list[Any]:
+    """Rows as the statement's named tuples, each value through its result processor."""
+    results, make = c.results, c.row
+    if not c.converts:
+        return [make(r) for r in raw]
+    return [make(v if p is None else p(v) for v, p in zip(r, results, strict=True)) for r in raw]
+
+
+# The column rows_each selects each parameter set's position in.
+_SLOT = "bizmsg_slot"
+
+
 # PostgreSQL type oids of float8 and numeric: what a statement's Float and Numeric columns are
 # there (SQLAlchemy renders Float as FLOAT, which is float8).
 _FLOAT8, _NUMERIC = 701, 1700
@@ -121,6 +133,7 @@ class Prepared:
         self._stmts = {"sqlite": stmt, "postgresql": stmt if postgresql is None else postgresql}
         self._is_insert = getattr(stmt, "is_insert", False)
         self._compiled: dict[tuple[str, tuple[str, ...] | None], _Compiled] = {}
+        self._slotted: Prepared | None = None  # with the parameter set's position (rows_each)
 
     def _prepare(self, dialect: str, params: Mapping[str, Any]) -> tuple[_Compiled, list[Any]]:
         key = (dialect, tuple(params) if self._is_insert else None)
@@ -140,13 +153,33 @@ class Prepared:
         """The rows the statement returns (SELECT or RETURNING), processed as SQLAlchemy would."""
         dialect = conn.sync_engine.dialect.name
         c, args = self._prepare(dialect, params)
-        raw = await _run(conn, dialect, c.sql, args, "rows")
-        results, make = c.results, c.row
-        if not c.converts:
-            return [make(r) for r in raw]
-        return [
-            make(v if p is None else p(v) for v, p in zip(r, results, strict=True)) for r in raw
-        ]
+        return _made(c, await _run(conn, dialect, c.sql, args, "rows"))
+
+    async def rows_each(
+        self, conn: AsyncConnection, params: Sequence[Mapping[str, Any]]
+    ) -> list[Sequence[Any]]:
+        """The rows of a SELECT for each parameter set, in order, as `rows` gives them.
+
+        On PostgreSQL in one round trip: the statement runs once per set, pipelined (asyncpg's
+        fetchmany: one Bind and Execute per set, one Sync), each with its generic plan, and
+        each set's position is selected in a column of its own to tell the rows apart. A round
+        trip costs the server about 30 us and asyncpg about 40 us whatever it reads (a trivial
+        SELECT, measured), so eight sets cost 27 + 10 us each where eight round trips cost
+        65 + 48 us each (a six-probe SELECT). On SQLite each set runs in turn."""
+        dialect = conn.sync_engine.dialect.name
+        if dialect != "postgresql" or len(params) < 2:
+            return [await self.rows(conn, p) for p in params]
+        if self._slotted is None:
+            stmt = self._stmts[dialect]
+            self._slotted = Prepared(stmt.add_columns(bindparam(_SLOT, type_=Integer).label(_SLOT)))
+        c, _ = self._prepare(dialect, params[0])
+        slotted, values = self._slotted._prepare_rows(
+            dialect, [{**p, _SLOT: i} for i, p in enumerate(params)]
+        )
+        out: list[list[Any]] = [[] for _ in params]
+        for record in await _run(conn, dialect, slotted.sql, values, "rows_each"):
+            out[record[-1]].append(record[:-1])
+        return [_made(c, rows) if rows else rows for rows in out]
 
     async def first(self, conn: AsyncConnection, params: Mapping[str, Any]) -> Any:
         rows = await self.rows(conn, params)
@@ -426,6 +459,8 @@ async def _run(conn: AsyncConnection, dialect: str, sql: str, args: list[Any], k
                 await adapted._start_transaction()
             if kind == "rows":
                 return await driver.fetch(sql, *args)
+            if kind == "rows_each":
+                return await driver.fetchmany(sql, args)
             if kind == "count":
                 status: str = await driver.execute(sql, *args)  # "UPDATE 1", "INSERT 0 1"
                 return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0

@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from bizmsg.kit.prepared import Prepared
+from bizmsg.kit.prepared import Prepared, traced
 from bizmsg.kit.storage import Database, UTCDateTime
 
 metadata = MetaData()
@@ -92,6 +92,42 @@ def test_prepared_matches_sqlalchemy(database_url: str) -> None:
         async with db.write() as s:
             rows = await BUMP.rows(await s.connection(), {"id": 1})
             assert [(r.id, r.at) for r in rows] == [(101, at.astimezone(UTC))]
+
+    on_items(database_url, go)
+
+
+BY_NAME = Prepared(select(ITEMS).where(ITEMS.c.name == bindparam("name")).order_by(ITEMS.c.id))
+
+
+def test_rows_each_gives_each_parameter_set_its_own_rows(database_url: str, backend: str) -> None:
+    """rows_each: each set's rows as `rows` gives them (none, one, several, a set twice); on
+    PostgreSQL all in one statement's round trip (asyncpg's fetchmany)."""
+    at = datetime(2026, 5, 1, 14, 30, tzinfo=UTC)
+
+    async def go(db: Database) -> None:
+        async with db.write() as s:
+            await INSERT.execute_many(
+                await s.connection(),
+                [
+                    {"id": 1, "name": "a", "flag": True, "at": at},
+                    {"id": 2, "name": "b", "flag": False, "at": None},
+                    {"id": 3, "name": "b", "flag": True, "at": at},
+                ],
+            )
+        sets = [{"name": n} for n in ("b", "none", "a", "b")]
+        seen: list[str] = []
+        async with db.connect() as conn:
+            alone = [await BY_NAME.rows(conn, p) for p in sets]
+            with traced(None, seen.append):
+                each = await BY_NAME.rows_each(conn, sets)
+            assert await BY_NAME.rows_each(conn, []) == []
+            assert await BY_NAME.rows_each(conn, sets[:1]) == [alone[0]]
+        assert each == alone
+        assert [[r.id for r in rows] for rows in each] == [[2, 3], [], [1], [2, 3]]
+        assert each[0][1].at == at and each[0][1].flag is True  # processed as `rows` does
+        assert each[0][1]._fields == alone[0][1]._fields  # the position column is not kept
+        if backend == "postgresql":  # (the tracer sees PostgreSQL's statements only)
+            assert len(seen) == 1 and "bizmsg_slot" in seen[0], seen
 
     on_items(database_url, go)
 
