@@ -435,8 +435,10 @@ class Recipient:
 # round trip), and with (2, 8) still; with (8, 32) 4.6 a round trip. Three alternated
 # `bizmsg bench --database-url ... --only null,send --levels 128` pairs: SendMessage / null
 # 0.76, 0.73, 0.81 against 0.69, 0.65, 0.59, delivery 0.51-0.52 against 0.56-0.77 ms of CPU per
-# message, PostgreSQL 0.21 against 0.24-0.34.
-READ_GATHER = (8, 32)
+# message, PostgreSQL 0.21 against 0.24-0.34. (16, 64), as the stream writers wait, against
+# (8, 32), three alternated `--levels 64,128` pairs: 0.91, 0.86, 0.85 against 0.81, 0.79, 0.78
+# at c=128, 0.79, 0.73, 0.70 against 0.69, 0.62, 0.67 at c=64.
+READ_GATHER = (16, 64)
 
 
 class RecipientReader:
