@@ -15,15 +15,12 @@ from typing import Any, cast
 from sqlalchemy import (
     LargeBinary,
     Row,
-    String,
     Table,
     bindparam,
     case,
     delete,
-    func,
     select,
     text,
-    true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -151,33 +148,12 @@ _STATE = select(*_STATE_COLUMNS).where(_PK)
 _STATE_FOR_UPDATE = _STATE.with_for_update()
 
 
-# PostgreSQL: the same columns for several (person_hash, business_id) keys in one statement,
-# the keys given as two arrays (one prepared statement whatever their number). Each key's row
-# is looked up by its own LATERAL subquery with LIMIT 1, which PostgreSQL cannot merge into a
-# join: the plan stays a primary-key probe per key whatever the table's statistics, where a
-# plain join planned on a new deployment's empty table is a hash join over a scan of the whole
-# table, and its generic plan is kept as the table grows.
-_KEYS = (
-    func.unnest(
-        bindparam("phs", type_=postgresql.ARRAY(String)),
-        bindparam("bizs", type_=postgresql.ARRAY(String)),
-    )
-    .table_valued("ph", "biz")
-    .render_derived(name="k")
-)
-_ONE = (
-    select(*_STATE_COLUMNS)
-    .where((_R.c.person_hash == _KEYS.c.ph) & (_R.c.business_id == _KEYS.c.biz))
-    .limit(1)
-    .lateral("r")
-)
-_STATES = select(_KEYS.c.ph, _KEYS.c.biz, *_ONE.c).select_from(_KEYS).join(_ONE, true())
-
-
 class RelationReader:
     """CheckConsent's one read: one row by primary key, as one prepared statement on the
-    driver (bizmsg.kit.prepared). On PostgreSQL the checks that arrive together read in one
-    statement (bizmsg.kit.keyed_reads), where each read cost a round trip of its own.
+    driver (bizmsg.kit.prepared). On PostgreSQL the checks that arrive together (one write of
+    delivery's stream carries several) read in one round trip (bizmsg.kit.keyed_reads): the
+    statement runs once per key, pipelined (Prepared.rows_each), where each read cost a round
+    trip of its own.
 
     No transaction is opened (Database.connect): a single SELECT is atomic and, in
     autocommit, reads the newest committed state when it starts (SQLite WAL: a fresh read
@@ -187,7 +163,6 @@ class RelationReader:
     """
 
     _STATE = Prepared(_STATE)
-    _STATES = Prepared(_STATES)
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -198,9 +173,6 @@ class RelationReader:
     async def state(self, person_hash: str, business_id: str) -> tuple[Any, ...] | None:
         if self._together is not None:
             return await self._together.get((person_hash, business_id))
-        return await self._one(person_hash, business_id)
-
-    async def _one(self, person_hash: str, business_id: str) -> tuple[Any, ...] | None:
         async with self._db.connect() as conn:
             row: tuple[Any, ...] | None = await self._STATE.first(
                 conn, {"ph": person_hash, "biz": business_id}
@@ -208,16 +180,10 @@ class RelationReader:
         return row
 
     async def _states(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, ...]]:
-        if len(keys) == 1:
-            # Alone: the one-key statement, which PostgreSQL plans once (the batched one it
-            # plans anew on each execution while its arrays are short: 94-105 against 133 us
-            # a read, measured with asyncpg).
-            row = await self._one(*keys[0])
-            return {} if row is None else {keys[0]: row}
-        params = {"phs": [ph for ph, _ in keys], "bizs": [biz for _, biz in keys]}
+        params = [{"ph": ph, "biz": biz} for ph, biz in keys]
         async with self._db.connect() as conn:
-            rows = await self._STATES.rows(conn, params)
-        return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+            found = await self._STATE.rows_each(conn, params)
+        return {key: rows[0] for key, rows in zip(keys, found, strict=True) if rows}
 
 
 async def relation_state(
