@@ -26,8 +26,8 @@ V = TypeVar("V")
 
 
 class KeyedReads(Generic[K, V]):
-    """`fetch` reads the rows of several distinct keys in one statement: key -> value for those
-    that exist. `get(key)` is one caller's read: its value, or None when there is none."""
+    """`fetch` reads the rows of several distinct keys in one round trip: key -> value for
+    those that exist. `get(key)` is one caller's read: its value, or None when there is none."""
 
     def __init__(
         self,
